@@ -1,0 +1,214 @@
+"""The ``flcore`` command line.
+
+Exit codes: 0 success, 2 bad input (config, unknown plugin), 1 failure during the run. Bad input
+prints one paragraph, never a traceback, unless ``--debug`` is given. This module imports neither
+torch nor Lightning at import time, so ``flcore --help`` answers fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from flcore import __version__
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn flcore's errors into one-paragraph messages and exit codes (2 bad input, 1 failure)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from flcore.errors import UserError
+
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return command(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except UserError as exc:
+            if debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:  # a failure during the run: message only, traceback with --debug
+            if debug:
+                raise
+            _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+    return wrapper
+
+
+strict_option = click.option(
+    "--strict", is_flag=True, default=None, help="Fail if any plugin fails to load (or FLCORE_STRICT_PLUGINS=1)."
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config value by dotted key, e.g. --set federation.rounds=5 (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flcore")
+@click.option("--debug", is_flag=True, help="Show tracebacks for every error.")
+def main(debug: bool) -> None:
+    """flcore: federated learning experiments from a config file, with plugins for every component."""
+
+
+@main.command("list-plugins")
+@click.option("--kind", type=click.Choice(["dataset", "partitioner", "model", "sampler", "aggregator", "agent_metadata"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON shape documented in docs/cli.md.")
+@strict_option
+@handle_errors
+def list_plugins(kind: str | None, as_json: bool, strict: bool | None) -> None:
+    """List every component the installed plugins provide."""
+    from flcore.registry import as_mapping, discover
+
+    registry = discover(strict=strict)
+    components = registry.all(kind)
+    if as_json:
+        click.echo(json.dumps({
+            "components": [dict(as_mapping(c)) for c in components],
+            "distributions": registry.distributions(),
+            "failed": [f.__dict__ for f in registry.failures],
+        }, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("KIND", "NAME", "PROVIDED BY", "VERSION", "DESCRIPTION"):
+        table.add_column(column, overflow="fold")
+    for c in components:
+        table.add_row(c.kind, c.name, c.provider, c.version, c.description)
+    console = Console(width=max(Console().width, 120) if not sys.stdout.isatty() else None)
+    console.print(table)
+    for failure in registry.failures:
+        console.print(f"[yellow]failed to load[/yellow] {failure.plugin} ({failure.provider} {failure.version}): "
+                      f"{failure.error}", markup=True, highlight=False)
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder under which the run folder is created.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its last checkpoint.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when a terminal).")
+@strict_option
+@handle_errors
+def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_dir: Path | None,
+        progress: bool | None, strict: bool | None) -> None:
+    """Run an experiment; without CONFIG, the embedded default (no download needed)."""
+    from flcore.config import load_config
+    from flcore.errors import ConfigError
+
+    if resume_dir is not None:
+        if config is not None or overrides:
+            raise ConfigError("--resume continues a run with the config saved in its folder; "
+                              "give neither CONFIG nor --set with it.")
+        config = resume_dir / "config.yaml"
+        if not config.is_file():
+            raise ConfigError(f"--resume {resume_dir}: no config.yaml there; is it a flcore run folder?")
+    experiment = _experiment(load_config(config, overrides), strict)
+    result = experiment.run(out_dir=out_dir, resume_dir=resume_dir, progress=progress)
+    _report(result)
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--progress/--no-progress", default=None)
+@strict_option
+@handle_errors
+def train(config: Path | None, overrides: tuple[str, ...], out_dir: Path, progress: bool | None,
+          strict: bool | None) -> None:
+    """Train CONFIG's model centrally on the whole dataset: the non-federated baseline."""
+    from flcore.config import apply_overrides, default_config_data, read_config_file, validate_config
+
+    data = default_config_data() if config is None else read_config_file(config)
+    data = apply_overrides(data, overrides)
+    data["federation"] = None
+    experiment = _experiment(validate_config(data, str(config or "default config")), strict)
+    _report(experiment.run(out_dir=out_dir, progress=progress))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@strict_option
+@handle_errors
+def validate(config: Path, overrides: tuple[str, ...], strict: bool | None) -> None:
+    """Check CONFIG: its structure, and every component's parameters against its plugin."""
+    from flcore.config import load_config
+
+    experiment = _experiment(load_config(config, overrides), strict)
+    names = {k: (v if not isinstance(v, list) else v[0]).component.qualified_name
+             for k, v in experiment.components.items() if v}
+    click.echo(f"{config}: valid. Components: " + ", ".join(f"{k}={n}" for k, n in names.items()))
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["dataset", "partitioner", "model", "sampler", "aggregator", "agent_metadata"]))
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@strict_option
+@handle_errors
+def describe(kind: str, name: str, as_json: bool, strict: bool | None) -> None:
+    """Show a component's parameters, defaults and documentation."""
+    import inspect
+
+    from flcore.registry import as_mapping, describe_params, discover
+
+    component = discover(strict=strict).resolve(kind, name)
+    params = describe_params(component.params_model())
+    doc = inspect.getdoc(component.load()) or ""
+    if as_json:
+        click.echo(json.dumps({**as_mapping(component), "doc": doc, "params": params}, indent=2, default=str))
+        return
+    click.echo(f"{kind} {component.qualified_name} ({component.version})")
+    click.echo(f"  {component.description}")
+    if doc:
+        click.echo("\n" + "\n".join("  " + line for line in doc.splitlines()))
+    click.echo("\nParameters:" if params else "\nParameters: none")
+    for p in params:
+        default = "required" if p["required"] else f"default {p['default']!r}"
+        click.echo(f"  {p['name']} ({p['type']}, {default}){': ' + p['description'] if p['description'] else ''}")
+
+
+@main.command()
+@handle_errors
+def schema() -> None:
+    """Print the JSON schema of the experiment config."""
+    from flcore.config import ExperimentConfig
+
+    click.echo(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
+
+
+def _experiment(config: Any, strict: bool | None) -> Any:
+    from flcore.experiment import Experiment
+    from flcore.registry import discover
+
+    return Experiment(config, registry=discover(strict=strict))
+
+
+def _report(result: Any) -> None:
+    final = result.final.get("final", {})
+    shown = ", ".join(f"{k}={final[k]:.4f}" for k in ("test_acc", "test_loss") if k in final)
+    click.echo(f"results: {result.run_dir}" + (f" ({shown})" if shown else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,226 @@
+"""The experiment config: pydantic models, loading from YAML or TOML, ``--set`` overrides.
+
+Every section forbids unknown keys. A component section (dataset, model, partitioner, sampler,
+aggregator) is ``{name: ..., <parameter>: ...}`` or just the name; its parameters are validated by the
+component's own model when the experiment is built (:func:`flcore.params.build_component`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flcore.errors import ConfigError
+from flcore.params import format_validation_error
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentSpec(BaseModel):
+    """A component by name, with its parameters beside the name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Registered name, or '<distribution>:<name>'.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters given beside the name."""
+        return dict(self.model_extra or {})
+
+
+class OptimizerConfig(_Section):
+    """The local optimizer, rebuilt from these settings for every agent in every round."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(_Section):
+    """Learning-rate decay across rounds (federated) or epochs (centralized)."""
+
+    name: Literal["constant", "step", "multistep", "exponential", "cosine"] = "constant"
+    gamma: float = Field(0.1, gt=0, le=1)
+    step_size: int = Field(10, gt=0)
+    milestones: list[int] = Field(default_factory=list)
+    min_factor: float = Field(0.0, ge=0, le=1, description="cosine: the final lr as a fraction of lr")
+
+
+class TrainingConfig(_Section):
+    """How a model is trained: locally by each agent, or centrally by ``flcore train``."""
+
+    epochs: int = Field(1, gt=0, description="Local epochs per round (central: epochs in all).")
+    max_steps: int | None = Field(None, gt=0, description="Stop local training after this many steps.")
+    batch_size: int | None = Field(32, gt=0, description="None trains on the full shard in one batch.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    loss: Literal["cross_entropy", "nll"] = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip_norm: float | None = Field(None, gt=0)
+
+
+class FederationConfig(_Section):
+    """Agents, rounds, and the federated components."""
+
+    agents: int = Field(10, gt=0, description="Number of registered agents.")
+    rounds: int = Field(10, gt=0)
+    partitioner: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="iid"))
+    sampler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="uniform"))
+    aggregator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="fedavg"))
+    agent_metadata: list[ComponentSpec] | None = Field(
+        None, description="Agent metadata components to enable; None enables every installed one."
+    )
+    backend: Literal["sequential"] = "sequential"
+    on_agent_failure: Literal["fail", "skip"] = Field(
+        "fail", description="An agent that raises or returns non-finite weights: fail or skip it."
+    )
+    buffers: Literal["weighted_mean", "global"] = Field(
+        "weighted_mean",
+        description="Floating buffers (BatchNorm statistics): sample-weighted mean of the agents', "
+        "or kept at the global model's values.",
+    )
+
+
+class EvaluationConfig(_Section):
+    """When and how the global model is evaluated."""
+
+    every: int = Field(1, gt=0, description="Evaluate on the test split every k rounds and at the end.")
+    batch_size: int = Field(1024, gt=0)
+    local: bool = Field(False, description="Also evaluate the global model on each sampled agent's shard.")
+
+
+class RuntimeConfig(_Section):
+    """Lightning's accelerator, devices and precision."""
+
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
+    devices: int | str = 1
+    precision: str = "32-true"
+    matmul_precision: Literal["highest", "high", "medium"] | None = None
+
+
+class LoggerSpec(ComponentSpec):
+    """A Lightning logger by name (csv, tensorboard, mlflow, wandb) with its keyword arguments."""
+
+
+class LoggingConfig(_Section):
+    """Lightning loggers and profiler, the progress bar, and per-agent metrics."""
+
+    loggers: list[LoggerSpec] = Field(default_factory=lambda: [LoggerSpec(name="csv")])
+    profiler: Literal["simple", "advanced", "pytorch"] | None = "simple"
+    progress: Literal["auto", "on", "off"] = "auto"
+    agent_metrics: bool = Field(True, description="Log each agent's local metrics every round.")
+
+
+class CheckpointConfig(_Section):
+    """Checkpoints written atomically after rounds, for ``flcore run --resume``."""
+
+    every: int = Field(1, gt=0, description="Checkpoint every k rounds and after the last.")
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment; without ``federation`` it is centralized training."""
+
+    name: str = "experiment"
+    seed: int = Field(0, ge=0)
+    dataset: ComponentSpec
+    model: ComponentSpec
+    federation: FederationConfig | None = Field(default_factory=FederationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML (safe loader) or TOML file into a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ConfigError(f"config file '{path}' could not be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top, not {type(data).__name__}.")
+    return data
+
+
+def default_config_data() -> dict[str, Any]:
+    """The embedded default experiment, which needs no download."""
+    text = importlib.resources.files("flcore.configs").joinpath(DEFAULT_CONFIG_NAME).read_text()
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars or lists."""
+    result = copy.deepcopy(dict(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' must look like 'dotted.key=value'.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if isinstance(child, str):  # a component given by name gains parameters
+                child = {"name": child}
+            elif not isinstance(child, dict):
+                if child is not None:
+                    raise ConfigError(
+                        f"override '{item}': '{'.'.join(parts[: depth + 1])}' is {child!r}, not a section."
+                    )
+                child = {}
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def validate_config(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a mapping as an :class:`ExperimentConfig`; errors name field, value and expectation."""
+    try:
+        return ExperimentConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "", source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load a config file (or the embedded default when ``path`` is None) and apply overrides."""
+    data = default_config_data() if path is None else read_config_file(path)
+    source = "default config" if path is None else f"config '{path}'"
+    return validate_config(apply_overrides(data, overrides), source)
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """A plain mapping that validates back to the same config (what run directories record)."""
+    return config.model_dump(mode="json")

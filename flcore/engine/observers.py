@@ -1,0 +1,82 @@
+"""Lightning loggers and profilers built from the config, and device memory readings.
+
+The engine does not run a Trainer, so it uses Lightning's loggers and profilers directly: loggers get
+``log_metrics`` calls, the profiler times each phase of a round with ``profile(action)``.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flcore.errors import ConfigError
+
+_LOGGERS = {
+    "csv": ("lightning.pytorch.loggers", "CSVLogger", None),
+    "tensorboard": ("lightning.pytorch.loggers", "TensorBoardLogger", "tensorboard"),
+    "mlflow": ("lightning.pytorch.loggers", "MLFlowLogger", "mlflow"),
+    "wandb": ("lightning.pytorch.loggers", "WandbLogger", "wandb"),
+}
+
+
+def build_loggers(specs: list[Any], log_dir: Path, name: str) -> list[Any]:
+    """Instantiate each configured Lightning logger under ``log_dir``."""
+    import importlib
+    import importlib.util
+
+    loggers = []
+    for index, spec in enumerate(specs):
+        if spec.name not in _LOGGERS:
+            raise ConfigError(
+                f"logging.loggers[{index}].name = {spec.name!r}: unknown logger; "
+                f"expected one of {', '.join(_LOGGERS)}."
+            )
+        module_name, class_name, requirement = _LOGGERS[spec.name]
+        if requirement and importlib.util.find_spec(requirement) is None:
+            raise ConfigError(
+                f"logging.loggers[{index}].name = {spec.name!r} needs the '{requirement}' package, which is "
+                f"not installed; install it with: pip install {requirement}"
+            )
+        cls = getattr(importlib.import_module(module_name), class_name)
+        kwargs = dict(spec.params)
+        if spec.name in ("csv", "tensorboard"):
+            kwargs.setdefault("save_dir", str(log_dir))
+            kwargs.setdefault("name", name)
+        elif spec.name == "mlflow":
+            kwargs.setdefault("experiment_name", name)
+            kwargs.setdefault("tracking_uri", f"file:{log_dir / 'mlruns'}")
+        elif spec.name == "wandb":
+            kwargs.setdefault("save_dir", str(log_dir))
+            kwargs.setdefault("name", name)
+        try:
+            loggers.append(cls(**kwargs))
+        except TypeError as exc:
+            raise ConfigError(f"logging.loggers[{index}] ({spec.name}): {exc}") from None
+    return loggers
+
+
+def build_profiler(kind: str | None, run_dir: Path) -> Any:
+    """A Lightning profiler writing its summary into the run folder (a no-op one when ``None``)."""
+    from lightning.pytorch import profilers
+
+    if kind is None:
+        return profilers.PassThroughProfiler()
+    cls = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler,
+           "pytorch": profilers.PyTorchProfiler}[kind]
+    return cls(dirpath=str(run_dir), filename="profile")
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    """Peak process memory, and the accelerator's allocated/reserved/peak memory, in MiB."""
+    scale = 1024 if sys.platform != "darwin" else 1024 * 1024
+    stats = {"memory/peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale}
+    if device.type == "cuda":
+        mib = 1024 * 1024
+        stats["memory/device_allocated_mib"] = torch.cuda.memory_allocated(device) / mib
+        stats["memory/device_reserved_mib"] = torch.cuda.memory_reserved(device) / mib
+        stats["memory/device_peak_mib"] = torch.cuda.max_memory_allocated(device) / mib
+    return stats

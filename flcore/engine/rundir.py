@@ -1,0 +1,85 @@
+"""The run folder: resolved config, plugin provenance, metrics, checkpoint, summary.
+
+Layout (documented in docs/outputs.md)::
+
+    <out>/<name>-<timestamp>/
+        config.yaml      the resolved config; `flcore run --resume` reads it back
+        plugins.json     installed plugin distributions and versions, and the components used
+        partition.json   samples and classes per agent
+        metrics.csv      one row per round (or epoch), rewritten atomically
+        sampling.csv     how often each agent was selected
+        checkpoint.pt    the latest checkpoint, replaced atomically
+        model.pt         the final global model's state dict
+        summary.json     final metrics, parameter counts, timings
+        profile*.txt     the Lightning profiler's summary
+        logs/            the Lightning loggers' folders
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from flcore.engine.checkpoint import write_json, write_text
+
+
+class RunDirectory:
+    """Paths and atomic writers of one run's folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, out_root: str | Path, name: str) -> "RunDirectory":
+        """A new, unique folder ``<out_root>/<name>-<timestamp>``."""
+        root = Path(out_root)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for suffix in [""] + [f"-{i}" for i in range(1, 1000)]:
+            path = root / f"{name}-{stamp}{suffix}"
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"could not create a unique run folder under {root}")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        write_text(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_json(self.path / name, data)
+
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Write rows as CSV atomically; columns are the union of keys in first-seen order."""
+        rows = list(rows)
+        columns: dict[str, None] = {}
+        for row in rows:
+            columns.update(dict.fromkeys(row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(self.path / name, buffer.getvalue())
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file written by :meth:`RunDirectory.write_csv`."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

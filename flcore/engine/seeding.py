@@ -1,0 +1,33 @@
+"""Random streams derived from the experiment seed.
+
+Every stream is a pure function of ``(seed, stream, round, agent)``: sampling does not depend on how
+many random numbers training consumed, an agent trains the same way whichever process trains it, and
+a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+PARTITION, SAMPLING, TRAINING, INIT, EVALUATION = range(5)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for one stream, independent of every other ``keys``."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def numpy_rng(seed: int, *keys: int) -> np.random.Generator:
+    """A NumPy generator for one stream."""
+    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
+
+
+def torch_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU torch generator for one stream (batch order)."""
+    return torch.Generator().manual_seed(derive_seed(seed, *keys))
+
+
+def seed_torch(seed: int, *keys: int) -> None:
+    """Seed torch's global generators (dropout and other layers draw from them)."""
+    torch.manual_seed(derive_seed(seed, *keys))

@@ -1,0 +1,54 @@
+"""The hooks a plugin implements to add components to flcore.
+
+Each hook receives a ``register`` callback and calls it once per component::
+
+    from flcore import hookimpl
+
+    @hookimpl
+    def register_aggregators(register):
+        register("fedmine", "my_package.fedmine:FedMine", description="My aggregator.")
+
+``register(name, target, description="")`` takes the component's name, an import path
+``"module:attribute"`` that is imported only when an experiment uses the component (so that
+registration stays cheap), and a one-line description shown by ``flcore list-plugins``. The target is
+a class or factory with a ``Params`` attribute: the pydantic model of its parameters.
+
+Hooks evolve by gaining arguments, never by renaming.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("flcore")
+hookimpl = pluggy.HookimplMarker("flcore")
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: factories returning a :class:`flcore.data.ArrayDataModule`."""
+
+
+@hookspec
+def register_partitioners(register):
+    """Register partitioners: split a dataset's training labels into agents' shards."""
+
+
+@hookspec
+def register_models(register):
+    """Register models: factories returning a :class:`flcore.models.ClassifierModule`."""
+
+
+@hookspec
+def register_samplers(register):
+    """Register samplers: choose the agents that train in a round."""
+
+
+@hookspec
+def register_aggregators(register):
+    """Register aggregators: combine agents' updates into the next global model."""
+
+
+@hookspec
+def register_agent_metadata(register):
+    """Register agent metadata fields: per-agent state kept across rounds and checkpointed."""

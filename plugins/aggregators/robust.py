@@ -1,0 +1,84 @@
+"""Byzantine-robust aggregators: coordinate-wise median and trimmed mean, Krum and Multi-Krum.
+
+They ignore sample counts by design: a weight by self-reported size would let one attacker dominate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from pydantic import Field
+
+from flcore.aggregation import Aggregator, ClientUpdate, stack_deltas
+from flcore.params import ComponentParams
+
+
+class FedMedian(Aggregator):
+    """``W <- W + median_k delta_k`` per coordinate (the mean of the two middle values when even)."""
+
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+        ordered = stack_deltas(updates).sort(dim=0).values
+        n = ordered.shape[0]
+        median = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+        return global_vector + median
+
+
+class TrimmedMeanParams(ComponentParams):
+    beta: float = Field(0.1, ge=0, lt=0.5, description="Fraction cut from each end per coordinate.")
+
+
+class TrimmedMean(Aggregator):
+    """Per coordinate, drop the ``floor(beta * n)`` largest and smallest values and average the rest."""
+
+    Params = TrimmedMeanParams
+
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+        ordered = stack_deltas(updates).sort(dim=0).values
+        cut = int(math.floor(self.params.beta * ordered.shape[0]))
+        return global_vector + ordered[cut : ordered.shape[0] - cut].mean(dim=0)
+
+
+class KrumParams(ComponentParams):
+    byzantine: int = Field(0, ge=0, description="f: how many agents may be Byzantine.")
+
+
+def krum_scores(deltas: torch.Tensor, byzantine: int) -> torch.Tensor:
+    """Each update's sum of squared distances to its ``n - f - 2`` nearest other updates."""
+    n = deltas.shape[0]
+    neighbours = n - byzantine - 2
+    if neighbours < 1:
+        raise ValueError(
+            f"Krum needs n - f - 2 >= 1 updates, got n={n}, f={byzantine}: sample more agents or lower 'byzantine'"
+        )
+    squared = torch.cdist(deltas.double(), deltas.double()).pow(2)
+    squared.fill_diagonal_(float("inf"))
+    return squared.sort(dim=1).values[:, :neighbours].sum(dim=1)
+
+
+class Krum(Aggregator):
+    """``W <- W + delta_{k*}`` where ``k*`` has the lowest Krum score."""
+
+    Params = KrumParams
+
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+        deltas = stack_deltas(updates)
+        return global_vector + deltas[int(krum_scores(deltas, self.params.byzantine).argmin())]
+
+
+class MultiKrumParams(KrumParams):
+    m: int | None = Field(None, gt=0, description="How many updates to average; default n - f.")
+
+
+class MultiKrum(Aggregator):
+    """``W <- W + mean of the m updates with the lowest Krum scores`` (scores computed once)."""
+
+    Params = MultiKrumParams
+
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+        deltas = stack_deltas(updates)
+        scores = krum_scores(deltas, self.params.byzantine)
+        m = min(self.params.m or deltas.shape[0] - self.params.byzantine, deltas.shape[0])
+        chosen = scores.argsort()[:m]
+        return global_vector + deltas[chosen].mean(dim=0)
