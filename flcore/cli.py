@@ -136,10 +136,10 @@ def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_d
 def train(config: Path | None, overrides: tuple[str, ...], out_dir: Path, progress: bool | None,
           strict: bool | None) -> None:
     """Train CONFIG's model centrally on the whole dataset: the non-federated baseline."""
-    from flcore.config import apply_overrides, default_config_data, read_config_file, validate_config
+    from flcore.config import apply_overrides, default_config_data, read_config_file, validate_config, with_defaults
 
     data = default_config_data() if config is None else read_config_file(config)
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(with_defaults(data), overrides)
     data["federation"] = None
     experiment = _experiment(validate_config(data, str(config or "default config")), strict)
     _report(experiment.run(out_dir=out_dir, progress=progress))

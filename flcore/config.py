@@ -218,7 +218,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Load a config file (or the embedded default when ``path`` is None) and apply overrides."""
     data = default_config_data() if path is None else read_config_file(path)
     source = "default config" if path is None else f"config '{path}'"
-    return validate_config(apply_overrides(data, overrides), source)
+    return validate_config(apply_overrides(with_defaults(data), overrides), source)
+
+
+def with_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapping with every default filled in, so that overrides can reach into default sections
+    (``--set federation.aggregator.server_lr=0.5`` when the file names no aggregator). A mapping that
+    does not validate is returned unchanged: the final validation reports its errors."""
+    try:
+        return config_to_dict(ExperimentConfig.model_validate(dict(data)))
+    except ValidationError:
+        return dict(data)
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""Every built-in aggregator against an independent NumPy reference, on random updates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flcore.aggregation import ClientUpdate
+from flcore.registry import discover
+
+RNG = np.random.default_rng(0)
+N_AGENTS, DIM = 7, 13
+
+
+def make_updates(rng=RNG):
+    deltas = rng.normal(size=(N_AGENTS, DIM))
+    counts = rng.integers(5, 50, size=N_AGENTS)
+    updates = [ClientUpdate(i, torch.tensor(d, dtype=torch.float64), int(n)) for i, (d, n) in enumerate(zip(deltas, counts))]
+    return deltas, counts, updates
+
+
+def build(name, **params):
+    component = discover().resolve("aggregator", name)
+    return component.load()(component.params_model()(**params))
+
+
+def run(name, rounds=1, **params):
+    aggregator = build(name, **params)
+    w = torch.tensor(RNG.normal(size=DIM))
+    w0 = w.numpy().copy()
+    history = []
+    for r in range(rounds):
+        deltas, counts, updates = make_updates()
+        history.append((deltas, counts))
+        w = aggregator.aggregate(w, updates, r)
+    return w0, history, w.numpy()
+
+
+def test_fedavg_weighted_and_unweighted():
+    w0, [(d, n)], out = run("fedavg")
+    np.testing.assert_allclose(out, w0 + (n[:, None] * d).sum(0) / n.sum(), rtol=1e-12)
+    w0, [(d, n)], out = run("fedavg", weighted=False, server_lr=0.5)
+    np.testing.assert_allclose(out, w0 + 0.5 * d.mean(0), rtol=1e-12)
+
+
+def test_fedavgm_keeps_server_momentum_across_rounds():
+    w0, hist, out = run("fedavgm", rounds=3, momentum=0.8, server_lr=0.7)
+    w, v = w0.copy(), np.zeros(DIM)
+    for d, n in hist:
+        v = 0.8 * v + (n[:, None] * d).sum(0) / n.sum()
+        w = w + 0.7 * v
+    np.testing.assert_allclose(out, w, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_adaptive_server_optimizers(name):
+    p = dict(server_lr=0.05, beta1=0.85, beta2=0.97, tau=0.01)
+    w0, hist, out = run(name, rounds=4, **p)
+    w, m, v = w0.copy(), np.zeros(DIM), np.full(DIM, p["tau"] ** 2)
+    for d, n in hist:
+        delta = (n[:, None] * d).sum(0) / n.sum()
+        m = p["beta1"] * m + (1 - p["beta1"]) * delta
+        if name == "fedadam":
+            v = p["beta2"] * v + (1 - p["beta2"]) * delta**2
+        elif name == "fedyogi":
+            v = v - (1 - p["beta2"]) * delta**2 * np.sign(v - delta**2)
+        else:
+            v = v + delta**2
+        w = w + p["server_lr"] * m / (np.sqrt(v) + p["tau"])
+    np.testing.assert_allclose(out, w, rtol=1e-10)
+
+
+def test_fedadam_state_round_trips():
+    a = build("fedadam")
+    _, _, updates = make_updates()
+    w = torch.zeros(DIM, dtype=torch.float64)
+    a.aggregate(w, updates, 0)
+    b = build("fedadam")
+    b.load_state_dict(a.state_dict())
+    _, _, updates = make_updates()
+    torch.testing.assert_close(a.aggregate(w, updates, 1), b.aggregate(w, updates, 1))
+
+
+@pytest.mark.parametrize("agents", [6, 7])
+def test_fedmedian_matches_numpy_median(agents):
+    aggregator = build("fedmedian")
+    d = RNG.normal(size=(agents, DIM))
+    updates = [ClientUpdate(i, torch.tensor(x), 10) for i, x in enumerate(d)]
+    out = aggregator.aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0).numpy()
+    np.testing.assert_allclose(out, np.median(d, axis=0), rtol=1e-12)
+
+
+def test_trimmed_mean_matches_scipy_definition():
+    w0, [(d, n)], out = run("trimmed_mean", beta=0.2)
+    cut = int(np.floor(0.2 * N_AGENTS))
+    ref = np.sort(d, axis=0)[cut : N_AGENTS - cut].mean(0)
+    np.testing.assert_allclose(out, w0 + ref, rtol=1e-12)
+
+
+def _krum_scores(d, f):
+    dist = ((d[:, None, :] - d[None, :, :]) ** 2).sum(-1)
+    k = len(d) - f - 2
+    return np.array([np.sort(np.delete(dist[i], i))[:k].sum() for i in range(len(d))])
+
+
+def test_krum_picks_the_update_with_the_lowest_score_and_resists_an_outlier():
+    d = RNG.normal(size=(N_AGENTS, DIM))
+    d[3] += 100.0  # a Byzantine update
+    updates = [ClientUpdate(i, torch.tensor(x), 10) for i, x in enumerate(d)]
+    out = build("krum", byzantine=1).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0).numpy()
+    best = int(np.argmin(_krum_scores(d, 1)))
+    assert best != 3
+    np.testing.assert_allclose(out, d[best], rtol=1e-12)
+
+
+def test_multikrum_averages_the_m_best():
+    d = RNG.normal(size=(N_AGENTS, DIM))
+    updates = [ClientUpdate(i, torch.tensor(x), 10) for i, x in enumerate(d)]
+    out = build("multikrum", byzantine=2, m=3).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0).numpy()
+    chosen = np.argsort(_krum_scores(d, 2))[:3]
+    np.testing.assert_allclose(out, d[chosen].mean(0), rtol=1e-12)
+
+
+def test_krum_with_too_few_updates_says_why():
+    _, _, updates = make_updates()
+    with pytest.raises(ValueError, match="n - f - 2"):
+        build("krum", byzantine=6).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0)
+
+
+def test_fedprox_penalty_is_half_mu_squared_distance():
+    from flcore.aggregation import LocalContext
+
+    params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
+    global_params = [torch.tensor([0.5, 0.0]), torch.tensor([[1.0]])]
+    context = LocalContext(0, 0, None, params, global_params, lr=0.1)
+    penalty = build("fedprox", mu=0.3).local_penalty(context)
+    assert penalty.item() == pytest.approx(0.5 * 0.3 * (0.25 + 4 + 4))
+    assert build("fedprox", mu=0.3).uses_local_hooks() and not build("fedavg").uses_local_hooks()
+
+
+def test_fedsgd_trains_one_full_batch_step():
+    from flcore.config import TrainingConfig
+
+    training = build("fedsgd").configure_training(TrainingConfig(epochs=5, batch_size=8))
+    assert (training.epochs, training.batch_size, training.max_steps) == (1, None, 1)

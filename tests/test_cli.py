@@ -1,0 +1,83 @@
+"""The command line: exit codes, JSON listing, messages without tracebacks, a light --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+from click.testing import CliRunner
+
+from flcore.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from flcore.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit: pass\n" \
+           "assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_list_plugins_json_lists_every_builtin_with_distribution_and_version():
+    result = invoke("list-plugins", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    rows = data["components"]
+    assert {"kind", "name", "qualified_name", "provided_by", "version", "plugin", "description"} == set(rows[0])
+    from importlib.metadata import version
+
+    assert all(r["provided_by"] == "flcore" and r["version"] == version("flcore") for r in rows)
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"dataset", "partitioner", "model", "sampler", "aggregator", "agent_metadata"}
+    assert data["distributions"]["flcore"] == version("flcore")
+
+
+def test_list_plugins_table_shows_failed_plugins(fake_distribution):
+    fake_distribution("broken-plugin", modules={"broken_cli": "raise ImportError('boom')"},
+                      entry_points={"main": "broken_cli"})
+    result = invoke("list-plugins", "--kind", "sampler")
+    assert result.exit_code == 0
+    assert "uniform" in result.output and "fedavg" not in result.output
+    assert "failed to load" in result.output and "boom" in result.output
+    strict = invoke("list-plugins", "--strict")
+    assert strict.exit_code == 2 and "boom" in strict.output and "Traceback" not in strict.output
+
+
+def test_validate_accepts_a_good_config_and_rejects_a_bad_one_with_exit_2(tmp_path, tiny_config):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(tiny_config))
+    result = invoke("validate", str(good))
+    assert result.exit_code == 0 and "valid" in result.output
+    result = invoke("validate", str(good), "--set", "federation.sampler.fraction=2")
+    assert result.exit_code == 2
+    assert "sampler 'uniform'" in result.output and "'federation.sampler.fraction' = 2" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_plugin_in_run_exits_2_with_a_suggestion(tmp_path):
+    result = invoke("run", "--set", "federation.aggregator=fedavgm2", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert "Did you mean" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_describe_shows_parameters_and_defaults():
+    result = invoke("describe", "aggregator", "fedadam")
+    assert result.exit_code == 0
+    assert "beta1" in result.output and "default 0.9" in result.output
+    data = json.loads(invoke("describe", "partitioner", "niid", "--json").output)
+    assert data["params"][0]["name"] == "niid_factor" and "shards" in data["doc"].lower()
+
+
+def test_schema_is_json_schema_of_the_config():
+    schema = json.loads(invoke("schema").output)
+    assert {"dataset", "model", "federation", "training"} <= set(schema["properties"])
+
+
+def test_resume_refuses_overrides(tmp_path):
+    result = invoke("run", "--resume", str(tmp_path), "--set", "seed=1")
+    assert result.exit_code == 2 and "--resume" in result.output
