@@ -54,7 +54,7 @@ def run_centralized(experiment: "Experiment", out_dir: str | Path, progress: boo
                 logger.log_metrics({"test_loss": row["test_loss"], "test_acc": row["test_acc"]}, step=row["epoch"])
 
     show = progress if progress is not None else config.logging.progress != "off"
-    L.seed_everything(seeding.derive_seed(config.seed, seeding.TRAINING), verbose=False)
+    L.seed_everything(seeding.derive_seed(config.seed, seeding.TRAINING) % 2**32, verbose=False)
     trainer = L.Trainer(
         max_epochs=config.training.epochs,
         accelerator=config.runtime.accelerator,

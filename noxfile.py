@@ -1,0 +1,47 @@
+"""Developer sessions: tests, lint, the built wheel in a fresh environment, benchmarks."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (pass -m 'not slow' to skip the slow cases)."""
+    session.install("-e", ".[test]")
+    for package in sorted(glob.glob("contrib/*/pyproject.toml")):
+        session.install("--no-deps", package.rsplit("/", 1)[0])
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the core, the built-ins, the contrib packages and the tests."""
+    session.install("ruff")
+    session.run("ruff", "check", "flcore", "plugins", "contrib", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """Build the wheel, install it into a fresh environment, check the listed plugins."""
+    session.install("build")
+    session.run("python", "-m", "build", "--wheel", "--outdir", "dist/")
+    wheels = sorted(glob.glob("dist/flcore-*.whl"))
+    session.install(wheels[-1])
+    output = session.run("flcore", "list-plugins", "--json", silent=True)
+    listed = json.loads(output)
+    assert any(c["name"] == "fedavg" and c["provided_by"] == "flcore" for c in listed["components"]), listed
+    session.run("flcore", "run", "--set", "federation.rounds=2", "--out", session.create_tmp())
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The speed benchmarks (E1, E2, E3) with their plain-PyTorch baselines."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run.py", *session.posargs)
