@@ -189,6 +189,44 @@ def describe(kind: str, name: str, as_json: bool, strict: bool | None) -> None:
 
 
 @main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw labels per agent as a stacked bar chart (the paper's Figure 6) into this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print statistics and per-agent label counts as JSON.")
+@strict_option
+@handle_errors
+def partition(config: Path | None, overrides: tuple[str, ...], plot_file: Path | None, as_json: bool,
+              strict: bool | None) -> None:
+    """Split CONFIG's dataset among its agents and show how labels are spread."""
+    from flcore.config import load_config
+    from flcore.engine import seeding
+    from flcore.errors import ConfigError
+
+    experiment = _experiment(load_config(config, overrides), strict)
+    if experiment.config.federation is None:
+        raise ConfigError("partition needs a config with a 'federation' section.")
+    data = experiment.components["dataset"].build()
+    labels = data.train_labels
+    split = experiment.components["partitioner"].build().split(
+        labels, experiment.config.federation.agents, seeding.numpy_rng(experiment.config.seed, seeding.PARTITION),
+        data.groups)
+    counts = split.label_counts(labels, data.num_classes)
+    stats = split.statistics(labels, data.num_classes)
+    if as_json:
+        click.echo(json.dumps({"statistics": stats, "label_counts": counts.tolist()}))
+    else:
+        for key, value in stats.items():
+            click.echo(f"{key:24s} {value:g}")
+    if plot_file is not None:
+        from flcore.plots import save_label_distributions
+
+        name = experiment.config.federation.partitioner.name
+        save_label_distributions([(f"{data.name}, {name}", counts)], plot_file)
+        click.echo(f"plot: {plot_file}")
+
+
+@main.command()
 @handle_errors
 def schema() -> None:
     """Print the JSON schema of the experiment config."""

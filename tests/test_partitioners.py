@@ -148,3 +148,23 @@ def test_partition_statistics():
     np.testing.assert_array_equal(p.label_counts(labels, 3), [[2, 1, 0], [0, 1, 2]])
     stats = p.statistics(labels, 3)
     assert stats["classes_per_agent_mean"] == 2 and stats["samples_total"] == 6
+
+
+def test_partition_command_prints_statistics_and_draws_figure_6(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from flcore.cli import main
+
+    png = tmp_path / "fig6.png"
+    result = CliRunner().invoke(main, ["partition", "--set", "federation.partitioner={name: niid, niid_factor: 1}",
+                                       "--set", "federation.agents=5", "--json", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.splitlines()[0])
+    counts = np.array(data["label_counts"])
+    assert counts.shape == (5, 10) and data["statistics"]["classes_per_agent_max"] <= 3
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 200
+        assert len(set(image.convert("RGB").getdata())) > 10  # bars in several colours, not a blank canvas
