@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +42,9 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # output piped into `head`: stop quietly, as the Python docs advise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception as exc:  # a failure during the run: message only, traceback with --debug
             if debug:
                 raise
@@ -163,21 +167,37 @@ def validate(config: Path, overrides: tuple[str, ...], strict: bool | None) -> N
 @main.command()
 @click.argument("kind", type=click.Choice(["dataset", "partitioner", "model", "sampler", "aggregator", "agent_metadata"]))
 @click.argument("name")
+@click.option("--dataset", help="model: count parameters for this dataset's inputs and classes.")
+@click.option("--mode", type=click.Choice(["scratch", "finetune", "feature_extract"]),
+              help="model: count parameters in this transfer-learning mode (with a random backbone).")
+@click.option("--param", "model_params", multiple=True, metavar="KEY=VALUE", help="model: a parameter (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 @strict_option
 @handle_errors
-def describe(kind: str, name: str, as_json: bool, strict: bool | None) -> None:
-    """Show a component's parameters, defaults and documentation."""
+def describe(kind: str, name: str, dataset: str | None, mode: str | None, model_params: tuple[str, ...],
+             as_json: bool, strict: bool | None) -> None:
+    """Show a component's parameters, defaults and documentation; for a model with --dataset, its
+    trainable, frozen and total parameter counts (the paper's Table 3)."""
     import inspect
 
     from flcore.registry import as_mapping, describe_params, discover
 
-    component = discover(strict=strict).resolve(kind, name)
+    registry = discover(strict=strict)
+    component = registry.resolve(kind, name)
     params = describe_params(component.params_model())
     doc = inspect.getdoc(component.load()) or ""
+    counts = None
+    if kind == "model" and dataset is not None:
+        counts = _model_counts(registry, component, dataset, mode, model_params)
+    elif dataset or mode or model_params:
+        raise click.UsageError("--dataset, --mode and --param apply to 'describe model NAME --dataset D'.")
     if as_json:
-        click.echo(json.dumps({**as_mapping(component), "doc": doc, "params": params}, indent=2, default=str))
+        click.echo(json.dumps({**as_mapping(component), "doc": doc, "params": params, "parameter_counts": counts},
+                              indent=2, default=str))
         return
+    if counts is not None:
+        click.echo(f"{name} on {dataset} ({mode or 'as configured'}): trainable {counts['trainable']:,}, "
+                   f"frozen {counts['frozen']:,}, total {counts['total']:,}")
     click.echo(f"{kind} {component.qualified_name} ({component.version})")
     click.echo(f"  {component.description}")
     if doc:
@@ -235,6 +255,24 @@ def schema() -> None:
     click.echo(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
 
 
+def _model_counts(registry: Any, component: Any, dataset: str, mode: str | None, pairs: tuple[str, ...]) -> dict:
+    """Build the model for a dataset's inputs (without loading the dataset when it can say its shape)."""
+    from flcore.config import apply_overrides
+    from flcore.params import validate_params
+
+    data_component = registry.resolve("dataset", dataset)
+    data_params = validate_params(data_component, {}, "dataset")
+    target = data_component.load()
+    spec = target.describe_spec(data_params) if hasattr(target, "describe_spec") else target(data_params).spec
+    raw = apply_overrides({}, pairs)
+    if mode is not None:
+        raw["mode"] = mode
+        if mode != "scratch" and "weights" in component.params_model().model_fields:
+            raw.setdefault("weights", "none")  # counts do not depend on the weights' values
+    model = component.load()(validate_params(component, raw, "model"), spec)
+    return model.parameter_counts()
+
+
 def _experiment(config: Any, strict: bool | None) -> Any:
     from flcore.experiment import Experiment
     from flcore.registry import discover
@@ -244,6 +282,9 @@ def _experiment(config: Any, strict: bool | None) -> Any:
 
 def _report(result: Any) -> None:
     final = result.final.get("final", {})
+    counts = result.final.get("parameters")
+    if counts:
+        click.echo(f"parameters: trainable {counts['trainable']:,}, frozen {counts['frozen']:,}, total {counts['total']:,}")
     shown = ", ".join(f"{k}={final[k]:.4f}" for k in ("test_acc", "test_loss") if k in final)
     click.echo(f"results: {result.run_dir}" + (f" ({shown})" if shown else ""))
 

@@ -81,3 +81,13 @@ def test_schema_is_json_schema_of_the_config():
 def test_resume_refuses_overrides(tmp_path):
     result = invoke("run", "--resume", str(tmp_path), "--set", "seed=1")
     assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_describe_model_counts_parameters_like_the_papers_table_3():
+    result = invoke("describe", "model", "resnet152", "--dataset", "cifar10", "--mode", "feature_extract", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["parameter_counts"] == {"trainable": 20_490, "frozen": 58_143_808,
+                                                             "total": 58_164_298}
+    result = invoke("describe", "model", "lenet5", "--dataset", "mnist")
+    assert "trainable 61,706, frozen 0, total 61,706" in result.output
+    assert invoke("describe", "aggregator", "fedavg", "--dataset", "mnist").exit_code == 2

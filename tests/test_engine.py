@@ -137,3 +137,36 @@ def test_resume_continues_exactly_where_a_run_stopped(tmp_path, tiny_config):
     for name, value in straight.state_dict.items():
         assert torch.equal(resumed.state_dict[name], value), name
     assert [r["test_acc"] for r in resumed.history] == [r["test_acc"] for r in straight.history]
+
+
+def test_federated_feature_extraction_moves_only_the_head(tmp_path, tiny_config):
+    tiny_config["model"] = {"name": "resnet18", "mode": "feature_extract", "weights": "none"}
+    tiny_config["federation"]["rounds"] = 2
+    experiment = Experiment(validate_config(tiny_config))
+    result = experiment.run(out_dir=tmp_path)
+    data = experiment.components["dataset"].build()
+    seeding.seed_torch(tiny_config["seed"], seeding.INIT)
+    initial = experiment.components["model"].build(data.spec).state_dict()
+    changed = {k for k, v in result.state_dict.items() if not torch.equal(v, initial[k])}
+    assert changed == {"net.backbone.fc.weight", "net.backbone.fc.bias"}
+    assert result.final["parameters"]["trainable"] == 512 * 10 + 10
+
+
+def test_centralized_training_uses_the_same_datamodule_and_model(tmp_path, tiny_config):
+    from click.testing import CliRunner
+
+    import yaml
+
+    from flcore.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    result = CliRunner().invoke(main, ["train", str(config), "--set", "training.epochs=3", "--out", str(tmp_path),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run_dir = next(tmp_path.glob("tiny-*"))
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["test_acc"]) > 0.85
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["federation"] is None and saved["training"]["epochs"] == 3

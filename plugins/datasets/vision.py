@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from flcore.data import ArrayDataModule, normalizer, split_validation
+from flcore.data import ArrayDataModule, DataSpec, normalizer, split_validation
 from flcore.errors import DataNotFoundError
 from flcore.params import ComponentParams
 
@@ -122,6 +122,14 @@ def _module(name: str, params: VisionParams, x_train, y_train, x_test, y_test, n
                            transform=normalizer(tuple(mean.tolist()), tuple(std.tolist()), scale=255.0))
 
 
+def _spec(num_classes: int, shape: tuple[int, ...]):
+    def describe_spec(params: ComponentParams) -> DataSpec:
+        classes = _EMNIST_CLASSES[params.split] if isinstance(params, EMNISTParams) else num_classes
+        return DataSpec(classes, shape)
+
+    return describe_spec
+
+
 def MNIST(params: VisionParams) -> ArrayDataModule:
     """MNIST: 60,000 + 10,000 grayscale 28x28 digits."""
     return _module("mnist", params, *_load("MNIST", params), num_classes=10)
@@ -131,6 +139,9 @@ def FashionMNIST(params: VisionParams) -> ArrayDataModule:
     """Fashion-MNIST: 60,000 + 10,000 grayscale 28x28 clothing images, 10 classes."""
     return _module("fashion_mnist", params, *_load("FashionMNIST", params), num_classes=10)
 
+
+MNIST.describe_spec = _spec(10, (1, 28, 28))  # type: ignore[attr-defined]
+FashionMNIST.describe_spec = _spec(10, (1, 28, 28))  # type: ignore[attr-defined]
 
 _EMNIST_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "digits": 10, "letters": 26, "mnist": 10}
 
@@ -153,3 +164,8 @@ def CIFAR10(params: VisionParams) -> ArrayDataModule:
 def CIFAR100(params: VisionParams) -> ArrayDataModule:
     """CIFAR-100: 50,000 + 10,000 colour 32x32 images, 100 fine classes."""
     return _module("cifar100", params, *_load("CIFAR100", params), num_classes=100)
+
+
+EMNIST.describe_spec = _spec(0, (1, 28, 28))  # type: ignore[attr-defined]
+CIFAR10.describe_spec = _spec(10, (3, 32, 32))  # type: ignore[attr-defined]
+CIFAR100.describe_spec = _spec(100, (3, 32, 32))  # type: ignore[attr-defined]
