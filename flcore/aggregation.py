@@ -50,9 +50,16 @@ class LocalContext:
 
 
 class Aggregator:
-    """Combines updates into the next global model; override :meth:`aggregate`."""
+    """Combines updates into the next global model; override :meth:`aggregate`.
+
+    An aggregator with ``streaming = True`` receives each update through :meth:`accumulate` as soon
+    as its agent finishes; the engine then drops the update's ``delta``, so a round holds one
+    running sum rather than one vector per agent, and :meth:`aggregate` gets updates whose
+    ``delta`` is ``None``.
+    """
 
     Params: type[ComponentParams] = NoParams
+    streaming: bool = False
 
     def __init__(self, params: ComponentParams) -> None:
         self.params = params
@@ -60,6 +67,10 @@ class Aggregator:
     # ------------------------------------------------------------------------------ server side
     def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
         """Return the next global parameter vector."""
+        raise NotImplementedError
+
+    def accumulate(self, update: ClientUpdate) -> None:
+        """Take one update as it arrives (``streaming`` aggregators only)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -116,3 +127,39 @@ def weighted_mean_delta(updates: Sequence[ClientUpdate], weighted: bool = True) 
     for weight, update in zip(weights, updates):
         out.add_(update.delta, alpha=float(weight))
     return out
+
+
+class MeanAggregator(Aggregator):
+    """Base of aggregators that need only the mean update (FedAvg and its server optimizers).
+
+    Streams: keeps ``sum_k w_k delta_k`` and ``sum_k w_k`` while agents train, with ``w_k = n_k`` when
+    the parameters say ``weighted`` (the default) and 1 otherwise. :meth:`mean_delta` returns the
+    mean of what was accumulated, or of ``updates`` when called directly with their deltas.
+    """
+
+    streaming = True
+
+    def __init__(self, params: ComponentParams) -> None:
+        super().__init__(params)
+        self._sum: torch.Tensor | None = None
+        self._weight = 0.0
+
+    @property
+    def weighted(self) -> bool:
+        return bool(getattr(self.params, "weighted", True))
+
+    def accumulate(self, update: ClientUpdate) -> None:
+        weight = float(update.num_samples) if self.weighted else 1.0
+        if self._sum is None:
+            self._sum = update.delta * weight
+        else:
+            self._sum.add_(update.delta, alpha=weight)
+        self._weight += weight
+
+    def mean_delta(self, updates: Sequence[ClientUpdate]) -> torch.Tensor:
+        """The (weighted) mean update of this round."""
+        if self._sum is None:
+            return weighted_mean_delta(updates, self.weighted)
+        mean = self._sum.div_(self._weight)
+        self._sum, self._weight = None, 0.0
+        return mean

@@ -144,3 +144,21 @@ def test_fedsgd_trains_one_full_batch_step():
 
     training = build("fedsgd").configure_training(TrainingConfig(epochs=5, batch_size=8))
     assert (training.epochs, training.batch_size, training.max_steps) == (1, None, 1)
+
+
+@pytest.mark.parametrize("name,params", [("fedavg", {}), ("fedavg", {"weighted": False}), ("fedavgm", {}),
+                                         ("fedprox", {}), ("fedadam", {}), ("fedyogi", {})])
+def test_streaming_aggregation_equals_aggregating_the_list(name, params):
+    """The engine feeds streaming aggregators one update at a time and drops the deltas."""
+    direct, streamed = build(name, **params), build(name, **params)
+    assert streamed.streaming
+    w = torch.tensor(RNG.normal(size=DIM))
+    a = b = w
+    for r in range(3):
+        _, _, updates = make_updates()
+        a = direct.aggregate(a, updates, r)
+        for u in updates:
+            streamed.accumulate(u)
+        light = [ClientUpdate(u.agent_id, None, u.num_samples) for u in updates]
+        b = streamed.aggregate(b, light, r)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

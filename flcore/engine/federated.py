@@ -104,6 +104,7 @@ class FederatedRun:
             self.agent_logger = CSVLogger(str(run_dir.logs), name="agents")
         self.profiler = build_profiler(config.logging.profiler, run_dir.path)
         self.agent_log_step = 0
+        self.setup_seconds = 0.0
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if config.logging.progress != "auto":
             self.show_progress = config.logging.progress == "on"
@@ -112,6 +113,7 @@ class FederatedRun:
     def run_round(self, r: int) -> dict[str, Any]:
         """One round: sample, train each sampled agent, aggregate, evaluate, log, checkpoint."""
         federation, profile = self.federation, self.profiler.profile
+        started = time.perf_counter()
         with profile("sample"):
             selected = np.asarray(
                 self.sampler.sample(self.population, r, seeding.numpy_rng(self.seed, seeding.SAMPLING, r))
@@ -142,6 +144,9 @@ class FederatedRun:
                     warnings.warn(f"skipping update: {failure}", stacklevel=1)
                     failed.append(agent)
                     continue
+            if self.aggregator.streaming:
+                self.aggregator.accumulate(update)
+                update.delta = None  # the running sum holds it now
             updates.append(update)
 
         with profile("aggregate"):
@@ -178,6 +183,7 @@ class FederatedRun:
         if (r + 1) % self.config.checkpoint.every == 0 or last:
             with profile("checkpoint"):
                 save_torch(self.state_dict(), self.run_dir.checkpoint)
+        row["seconds"] = time.perf_counter() - started  # the whole round; metrics.csv gets it next write
         return row
 
     def _check_selection(self, selected: np.ndarray, r: int) -> None:
@@ -264,6 +270,7 @@ class FederatedRun:
         """Write the final model, sampling counts, profiler summary and summary.json."""
         self.trainer.load(self.global_vector, self.global_buffers)
         save_torch(self.model.state_dict(), self.run_dir.path / "model.pt")
+        self.run_dir.write_csv("metrics.csv", self.history)
         self.run_dir.write_csv(
             "sampling.csv",
             ({"agent": a, "times_selected": int(t), "samples": int(n)}
@@ -278,6 +285,7 @@ class FederatedRun:
             "best_test_acc": max((h["test_acc"] for h in self.history if "test_acc" in h), default=None),
             "parameters": self.model.parameter_counts(),
             "seconds": time.perf_counter() - started,
+            "setup_seconds": self.setup_seconds,
             "profile": self.profiler.summary() if hasattr(self.profiler, "recorded_durations") else "",
         }
         self.run_dir.write_json("summary.json", summary)
@@ -331,6 +339,7 @@ def run_federated(
         )
         for logger in run.loggers:
             logger.log_hyperparams(config_to_dict(experiment.config))
+    run.setup_seconds = time.perf_counter() - started
     run.run(stop_after_rounds)
     summary = run.finish(started)
     state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}

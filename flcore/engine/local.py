@@ -153,7 +153,9 @@ class LocalTrainer:
             if training.max_steps is not None and context.steps >= training.max_steps:
                 break
         delta = flatten(self.params) - global_vector
-        if not math.isfinite(loss_value) or not bool(torch.isfinite(delta).all()):
+        # a sum is NaN or infinite if any entry is (or if the weights are astronomically large): one
+        # reduction instead of a boolean copy of the whole update
+        if not math.isfinite(loss_value) or not math.isfinite(float(delta.sum())):
             raise AgentFailure(agent_id, round_index, f"local training produced non-finite weights (loss {loss_value})")
         update = ClientUpdate(agent_id, delta, n, {"loss": loss_value}, self.buffer_state())
         aggregator.on_local_end(context, update)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
-from flcore.aggregation import Aggregator, ClientUpdate, weighted_mean_delta
+from flcore.aggregation import ClientUpdate, MeanAggregator
 from flcore.params import ComponentParams
 
 
@@ -16,13 +16,13 @@ class FedAvgParams(ComponentParams):
     server_lr: float = Field(1.0, gt=0, description="Server step size applied to the mean update.")
 
 
-class FedAvg(Aggregator):
+class FedAvg(MeanAggregator):
     """``W <- W + server_lr * sum_k w_k delta_k`` with ``w_k = n_k / n`` (the paper's equation 2)."""
 
     Params = FedAvgParams
 
     def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
-        return global_vector + self.params.server_lr * weighted_mean_delta(updates, self.params.weighted)
+        return global_vector + self.params.server_lr * self.mean_delta(updates)
 
 
 class FedSGD(FedAvg):
@@ -40,7 +40,7 @@ class FedAvgMParams(FedAvgParams):
     momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum beta.")
 
 
-class FedAvgM(Aggregator):
+class FedAvgM(MeanAggregator):
     """Server momentum: ``v <- beta v + mean_delta``; ``W <- W + server_lr * v``."""
 
     Params = FedAvgMParams
@@ -50,7 +50,7 @@ class FedAvgM(Aggregator):
         self.velocity: torch.Tensor | None = None
 
     def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
-        delta = weighted_mean_delta(updates, self.params.weighted)
+        delta = self.mean_delta(updates)
         if self.velocity is None:
             self.velocity = torch.zeros_like(delta)
         self.velocity = self.params.momentum * self.velocity + delta

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
-from flcore.aggregation import Aggregator, ClientUpdate, weighted_mean_delta
+from flcore.aggregation import ClientUpdate, MeanAggregator
 from flcore.params import ComponentParams
 
 
@@ -27,7 +27,7 @@ class FedOptParams(ComponentParams):
     weighted: bool = Field(True, description="Weight agents by sample count.")
 
 
-class _FedOpt(Aggregator):
+class _FedOpt(MeanAggregator):
     Params = FedOptParams
 
     def __init__(self, params: FedOptParams) -> None:
@@ -40,7 +40,7 @@ class _FedOpt(Aggregator):
 
     def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
         p = self.params
-        delta = weighted_mean_delta(updates, p.weighted)
+        delta = self.mean_delta(updates)
         if self.m is None:
             self.m = torch.zeros_like(delta)
             self.v = torch.full_like(delta, p.tau**2)

@@ -1,0 +1,89 @@
+"""Run the speed benchmarks and print seconds per round, memory and the ratio flcore / baseline.
+
+    python benchmarks/run.py            # E1, E2, E3
+    python benchmarks/run.py E1 E3      # a subset
+
+Each workload runs, in the same process, the plain-PyTorch baseline and flcore, twice each,
+alternating; a round's time is the median over rounds after the first (warm-up) and both repeats.
+Memory is the process's resident set after the workload minus before it (MiB).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from workloads import E1, E2, BenchPlugin, baseline_rounds, e3, flcore_config  # noqa: E402
+
+from flcore.config import validate_config  # noqa: E402
+from flcore.experiment import Experiment  # noqa: E402
+from flcore.registry import discover  # noqa: E402
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_flcore(w, registry, out_dir, backend="sequential"):
+    started = time.perf_counter()
+    experiment = Experiment(validate_config(flcore_config(w, backend)), registry=registry)
+    result = experiment.run(out_dir=out_dir, progress=False)
+    rounds = [row["seconds"] for row in result.history]
+    return rounds, result.final["setup_seconds"] + (time.perf_counter() - started - result.final["seconds"])
+
+
+def run_baseline(w, registry):
+    experiment = Experiment(validate_config(flcore_config(w)), registry=registry)
+    data = experiment.components["dataset"].build()
+    net = experiment.components["model"].build(data.spec)
+    return baseline_rounds(w, net, data)
+
+
+def measure(w, registry, out_dir, repeats=2, backend="sequential"):
+    times = {"baseline": [], "flcore": []}
+    memory = {"baseline": 0.0, "flcore": 0.0}
+    setup = []
+    for _ in range(repeats):
+        for kind in ("baseline", "flcore"):
+            gc.collect()
+            before = rss_mib()
+            if kind == "baseline":
+                rounds = run_baseline(w, registry)
+            else:
+                rounds, startup = run_flcore(w, registry, out_dir, backend)
+                setup.append(startup)
+            memory[kind] = max(memory[kind], rss_mib() - before)
+            times[kind] += rounds[1:]
+    base, ours = statistics.median(times["baseline"]), statistics.median(times["flcore"])
+    return {"workload": w.name, "baseline_s": base, "flcore_s": ours, "ratio": ours / base,
+            "baseline_mib": memory["baseline"], "flcore_mib": memory["flcore"], "startup_s": min(setup)}
+
+
+def main(selected: list[str]) -> None:
+    import tempfile
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    registry = discover(extra_plugins=[("bench", BenchPlugin)])
+    workloads = {"E1": [E1], "E2": [E2], "E3": [e3(1_000), e3(10_000), e3(100_000)]}
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'workload':12s} {'baseline s/round':>17s} {'flcore s/round':>15s} {'ratio':>6s} "
+          f"{'baseline MiB':>13s} {'flcore MiB':>11s} {'startup s':>10s}")
+    with tempfile.TemporaryDirectory() as out_dir:
+        for key in selected or ["E1", "E2", "E3"]:
+            for w in workloads[key]:
+                r = measure(w, registry, out_dir)
+                print(f"{r['workload']:12s} {r['baseline_s']:17.3f} {r['flcore_s']:15.3f} {r['ratio']:6.2f} "
+                      f"{r['baseline_mib']:13.0f} {r['flcore_mib']:11.0f} {r['startup_s']:10.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
