@@ -47,24 +47,28 @@ def run_baseline(w, registry):
     return baseline_rounds(w, net, data)
 
 
-def measure(w, registry, out_dir, repeats=2, backend="sequential"):
-    times = {"baseline": [], "flcore": []}
-    memory = {"baseline": 0.0, "flcore": 0.0}
+def measure(w, registry, out_dir, repeats=2, vectorized=True):
+    kinds = ["baseline", "flcore"] + (["vectorized"] if vectorized else [])
+    times = {k: [] for k in kinds}
+    memory = {k: 0.0 for k in kinds}
     setup = []
     for _ in range(repeats):
-        for kind in ("baseline", "flcore"):
+        for kind in kinds:
             gc.collect()
             before = rss_mib()
             if kind == "baseline":
                 rounds = run_baseline(w, registry)
             else:
-                rounds, startup = run_flcore(w, registry, out_dir, backend)
+                rounds, startup = run_flcore(w, registry, out_dir, "sequential" if kind == "flcore" else kind)
                 setup.append(startup)
             memory[kind] = max(memory[kind], rss_mib() - before)
             times[kind] += rounds[1:]
-    base, ours = statistics.median(times["baseline"]), statistics.median(times["flcore"])
-    return {"workload": w.name, "baseline_s": base, "flcore_s": ours, "ratio": ours / base,
-            "baseline_mib": memory["baseline"], "flcore_mib": memory["flcore"], "startup_s": min(setup)}
+    median = {k: statistics.median(v) for k, v in times.items()}
+    return {"workload": w.name, "baseline_s": median["baseline"], "flcore_s": median["flcore"],
+            "ratio": median["flcore"] / median["baseline"], "baseline_mib": memory["baseline"],
+            "flcore_mib": memory["flcore"], "startup_s": min(setup),
+            "vectorized_s": median.get("vectorized", float("nan")),
+            "vectorized_ratio": median.get("vectorized", float("nan")) / median["baseline"]}
 
 
 def main(selected: list[str]) -> None:
@@ -76,13 +80,14 @@ def main(selected: list[str]) -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"{'workload':12s} {'baseline s/round':>17s} {'flcore s/round':>15s} {'ratio':>6s} "
-          f"{'baseline MiB':>13s} {'flcore MiB':>11s} {'startup s':>10s}")
+          f"{'baseline MiB':>13s} {'flcore MiB':>11s} {'startup s':>10s} {'vectorized s/round':>19s} {'ratio':>6s}")
     with tempfile.TemporaryDirectory() as out_dir:
         for key in selected or ["E1", "E2", "E3"]:
             for w in workloads[key]:
-                r = measure(w, registry, out_dir)
+                r = measure(w, registry, out_dir, vectorized=not w.name.startswith("E3"))
                 print(f"{r['workload']:12s} {r['baseline_s']:17.3f} {r['flcore_s']:15.3f} {r['ratio']:6.2f} "
-                      f"{r['baseline_mib']:13.0f} {r['flcore_mib']:11.0f} {r['startup_s']:10.2f}", flush=True)
+                      f"{r['baseline_mib']:13.0f} {r['flcore_mib']:11.0f} {r['startup_s']:10.2f} "
+                      f"{r['vectorized_s']:19.3f} {r['vectorized_ratio']:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

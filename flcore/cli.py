@@ -281,6 +281,8 @@ def _experiment(config: Any, strict: bool | None) -> Any:
 
 
 def _report(result: Any) -> None:
+    if result.rank != 0:  # the distributed backend's other processes stay quiet
+        return
     final = result.final.get("final", {})
     counts = result.final.get("parameters")
     if counts:

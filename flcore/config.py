@@ -86,7 +86,11 @@ class FederationConfig(_Section):
     agent_metadata: list[ComponentSpec] | None = Field(
         None, description="Agent metadata components to enable; None enables every installed one."
     )
-    backend: Literal["sequential"] = "sequential"
+    backend: Literal["sequential", "vectorized", "distributed"] = Field(
+        "sequential",
+        description="sequential: one reused model; vectorized: a round's agents at once with torch.func; "
+        "distributed: agents spread over processes (runtime.devices, runtime.num_nodes).",
+    )
     on_agent_failure: Literal["fail", "skip"] = Field(
         "fail", description="An agent that raises or returns non-finite weights: fail or skip it."
     )
@@ -110,6 +114,7 @@ class RuntimeConfig(_Section):
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
     devices: int | str = 1
+    num_nodes: int = Field(1, gt=0, description="Machines, for the distributed backend.")
     precision: str = "32-true"
     matmul_precision: Literal["highest", "high", "medium"] | None = None
 

@@ -41,6 +41,7 @@ class RunResult:
     history: list[dict[str, Any]]
     final: dict[str, Any]
     state_dict: dict[str, Any] = field(repr=False, default_factory=dict)
+    rank: int = 0  # the process's rank under the distributed backend; only rank 0 writes
 
 
 def resolve_components(config: ExperimentConfig, registry: Registry) -> dict[str, Any]:

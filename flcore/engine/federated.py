@@ -7,6 +7,7 @@ that was never interrupted.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import warnings
@@ -34,31 +35,45 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 1
 
 
-def build_fabric(runtime: Any) -> Any:
-    """A single-process Lightning Fabric for the configured accelerator and precision."""
+def build_fabric(runtime: Any, distributed: bool) -> Any:
+    """A Lightning Fabric for the configured accelerator and precision; for the distributed backend,
+    a DDP one whose other processes Lightning launches here (or torchrun/SLURM launched)."""
     from lightning.fabric import Fabric
 
     if runtime.matmul_precision:
         torch.set_float32_matmul_precision(runtime.matmul_precision)
+    extra = {"strategy": "ddp", "num_nodes": runtime.num_nodes} if distributed else {}
     try:
-        fabric = Fabric(accelerator=runtime.accelerator, devices=runtime.devices, precision=runtime.precision)
+        fabric = Fabric(accelerator=runtime.accelerator, devices=runtime.devices, precision=runtime.precision, **extra)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ConfigError(
             f"runtime (accelerator={runtime.accelerator!r}, devices={runtime.devices!r}, "
             f"precision={runtime.precision!r}) cannot be used here: {exc}"
         ) from None
-    if fabric.world_size > 1:
+    if fabric.world_size > 1 and not distributed:
         raise ConfigError(
-            f"runtime.devices = {runtime.devices!r}: the sequential backend trains on one device; "
-            "use devices: 1."
+            f"runtime.devices = {runtime.devices!r}: the sequential and vectorized backends train on one device; "
+            "use devices: 1, or federation.backend: distributed to spread agents over devices."
         )
+    if distributed:
+        fabric.launch()
     return fabric
+
+
+def _single_device_fabric(fabric: Any, runtime: Any) -> Any:
+    """A Fabric on this process's device alone: local training must not be wrapped in DDP, whose
+    gradient all-reduce would tie together processes that train different agents."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import SingleDeviceStrategy
+
+    return Fabric(strategy=SingleDeviceStrategy(device=fabric.device), precision=runtime.precision)
 
 
 class FederatedRun:
     """The state of one federated run, built from an :class:`~flcore.experiment.Experiment`."""
 
-    def __init__(self, experiment: "Experiment", run_dir: RunDirectory, progress: bool | None) -> None:
+    def __init__(self, experiment: "Experiment", run_dir: RunDirectory, progress: bool | None, fabric: Any,
+                 exchange: Any = None) -> None:
         config = experiment.config
         self.config = config
         self.federation = config.federation
@@ -85,24 +100,39 @@ class FederatedRun:
         self.aggregator = parts["aggregator"].build()
         self.training = self.aggregator.configure_training(config.training)
 
-        self.fabric = build_fabric(config.runtime)
+        self.fabric = fabric
+        self.exchange = exchange
+        self.is_main = fabric.global_rank == 0
         x, y = self.data.x_train, self.data.y_train
+        local_fabric = _single_device_fabric(fabric, config.runtime) if exchange is not None else fabric
         if self.fabric.device.type != "cpu":
             x, y = x.to(self.fabric.device), y.to(self.fabric.device)
-        self.trainer = LocalTrainer(self.fabric, self.model, x, y, self.data.transform, self.seed)
+        self.trainer = LocalTrainer(local_fabric, self.model, x, y, self.data.transform, self.seed)
+        self.vectorized = None
+        self.backend = self.federation.backend
+        if self.backend == "vectorized":
+            from flcore.engine.vectorized import Unsupported, VectorizedTrainer, check_supported
+
+            try:
+                check_supported(self.model, self.training, self.aggregator)
+                self.vectorized = VectorizedTrainer(self.model, x, y, self.data.transform, self.seed, self.fabric.device)
+            except Unsupported as exc:
+                warnings.warn(f"the vectorized backend cannot train this experiment ({exc}); "
+                              "falling back to sequential", stacklevel=1)
+                self.backend = "sequential"
         self.global_vector = self.trainer.global_vector()
         self.global_buffers = self.trainer.buffer_state()
         self.times_selected = np.zeros(self.federation.agents, dtype=np.int64)
         self.history: list[dict[str, Any]] = []
         self.next_round = 0
 
-        self.loggers = build_loggers(config.logging.loggers, run_dir.logs, config.name)
+        self.loggers = build_loggers(config.logging.loggers, run_dir.logs, config.name) if self.is_main else []
         self.agent_logger = None
-        if config.logging.agent_metrics:
+        if config.logging.agent_metrics and self.is_main:
             from lightning.pytorch.loggers import CSVLogger
 
             self.agent_logger = CSVLogger(str(run_dir.logs), name="agents")
-        self.profiler = build_profiler(config.logging.profiler, run_dir.path)
+        self.profiler = build_profiler(config.logging.profiler if self.is_main else None, run_dir.path)
         self.agent_log_step = 0
         self.setup_seconds = 0.0
         self.show_progress = sys.stderr.isatty() if progress is None else progress
@@ -122,32 +152,9 @@ class FederatedRun:
         self.times_selected[selected] += 1
         lr = self.training.optimizer.lr * lr_factor(self.training.scheduler, r, federation.rounds)
 
-        updates: list[ClientUpdate] = []
-        failed: list[int] = []
-        local_metrics: list[dict[str, float]] = []
-        for agent in selected.tolist():
-            if self.config.evaluation.local:
-                local_metrics.append(self._evaluate_on_shard(agent))
-            with profile("local_train"):
-                try:
-                    update = self.trainer.train_agent(
-                        agent, r, self.population, self.global_vector, self.global_buffers, self.training,
-                        lr, self.aggregator, self._log_agent_epoch if self.agent_logger or self.loggers else None,
-                    )
-                except Exception as exc:  # the failure policy decides; never a bare traceback
-                    failure = exc if isinstance(exc, AgentFailure) else AgentFailure(agent, r + 1, repr(exc))
-                    failure.round_index = r + 1
-                    if federation.on_agent_failure == "fail":
-                        raise RunFailure(
-                            f"{failure}. Set federation.on_agent_failure=skip to drop such updates instead."
-                        ) from exc
-                    warnings.warn(f"skipping update: {failure}", stacklevel=1)
-                    failed.append(agent)
-                    continue
-            if self.aggregator.streaming:
-                self.aggregator.accumulate(update)
-                update.delta = None  # the running sum holds it now
-            updates.append(update)
+        local_metrics = [self._evaluate_on_shard(a) for a in selected.tolist()] if self.config.evaluation.local else []
+        with profile("local_train"):
+            updates, failed = self._train_selected(selected.tolist(), r, lr)
 
         with profile("aggregate"):
             if updates:
@@ -165,7 +172,7 @@ class FederatedRun:
             row["local_loss"] = float(np.mean([m["loss"] for m in local_metrics]))
             row["local_acc"] = float(np.mean([m["acc"] for m in local_metrics]))
         last = r + 1 == federation.rounds
-        if (r + 1) % self.config.evaluation.every == 0 or last:
+        if ((r + 1) % self.config.evaluation.every == 0 or last) and self.is_main:
             with profile("evaluate"):
                 self.trainer.load(self.global_vector, self.global_buffers)
                 metrics = evaluate(self.trainer.model, self.data.x_test, self.data.y_test, self.data.transform,
@@ -178,13 +185,59 @@ class FederatedRun:
             for logger in self.loggers:
                 logger.log_metrics({k: v for k, v in row.items() if k != "round"}, step=r + 1)
             self.history.append(row)
-            self.run_dir.write_csv("metrics.csv", self.history)
+            if self.is_main:
+                self.run_dir.write_csv("metrics.csv", self.history)
         self.next_round = r + 1
-        if (r + 1) % self.config.checkpoint.every == 0 or last:
+        if ((r + 1) % self.config.checkpoint.every == 0 or last) and self.is_main:
             with profile("checkpoint"):
                 save_torch(self.state_dict(), self.run_dir.checkpoint)
         row["seconds"] = time.perf_counter() - started  # the whole round; metrics.csv gets it next write
         return row
+
+    def _train_selected(self, agents: list[int], r: int, lr: float) -> tuple[list[ClientUpdate], list[int]]:
+        """Train the round's agents; apply the failure policy to any that raise or diverge."""
+        log = self._log_agent_epoch if self.agent_logger or self.loggers else None
+        if self.vectorized is not None:
+            batch = self.vectorized.train_agents(agents, r, self.population, self.global_vector, self.training,
+                                                 lr, log)
+            results: list[ClientUpdate | AgentFailure] = []
+            for update in batch:
+                loss = update.metrics["loss"]
+                finite = math.isfinite(loss) and math.isfinite(float(update.delta.sum()))
+                results.append(update if finite else AgentFailure(
+                    update.agent_id, r, f"local training produced non-finite weights (loss {loss})"))
+        else:
+            results = []
+            mine = self.exchange.mine(agents) if self.exchange else agents
+            records: list[dict] = []
+            if self.exchange is not None:
+                log = records.append
+            for agent in mine:
+                try:
+                    results.append(self.trainer.train_agent(agent, r, self.population, self.global_vector,
+                                                            self.global_buffers, self.training, lr, self.aggregator, log))
+                except Exception as exc:  # the failure policy decides; never a bare traceback
+                    results.append(exc if isinstance(exc, AgentFailure) else AgentFailure(agent, r, repr(exc)))
+            if self.exchange is not None:
+                results, records = self.exchange.gather(agents, results, records, self.global_vector,
+                                                        self.global_buffers)
+                if self.is_main and (self.agent_logger or self.loggers):
+                    for record in records:
+                        self._log_agent_epoch(record)
+        updates, failed = [], []
+        for result in results:
+            if isinstance(result, AgentFailure):
+                result.round_index = r + 1
+                if self.federation.on_agent_failure == "fail":
+                    raise RunFailure(f"{result}. Set federation.on_agent_failure=skip to drop such updates instead.")
+                warnings.warn(f"skipping update: {result}", stacklevel=1)
+                failed.append(result.agent_id)
+                continue
+            if self.aggregator.streaming:
+                self.aggregator.accumulate(result)
+                result.delta = None  # the running sum holds it now
+            updates.append(result)
+        return updates, failed
 
     def _check_selection(self, selected: np.ndarray, r: int) -> None:
         if selected.ndim != 1 or len(np.unique(selected)) != len(selected) or (
@@ -267,8 +320,10 @@ class FederatedRun:
         bar.close()
 
     def finish(self, started: float) -> dict[str, Any]:
-        """Write the final model, sampling counts, profiler summary and summary.json."""
+        """Write the final model, sampling counts, profiler summary and summary.json (rank 0)."""
         self.trainer.load(self.global_vector, self.global_buffers)
+        if not self.is_main:
+            return {"final": self.history[-1] if self.history else {}, "parameters": self.model.parameter_counts()}
         save_torch(self.model.state_dict(), self.run_dir.path / "model.pt")
         self.run_dir.write_csv("metrics.csv", self.history)
         self.run_dir.write_csv(
@@ -320,27 +375,38 @@ def run_federated(
     from flcore.experiment import RunResult
 
     started = time.perf_counter()
+    config = experiment.config
+    distributed = config.federation.backend == "distributed"
+    fabric = build_fabric(config.runtime, distributed)
+    exchange = None
+    if distributed:
+        from flcore.engine.distributed import UpdateExchange
+
+        exchange = UpdateExchange(fabric)
+    is_main = fabric.global_rank == 0
     if resume_dir is not None:
         run_dir = RunDirectory(resume_dir)
         if not run_dir.checkpoint.is_file():
             raise ConfigError(f"--resume {resume_dir}: no checkpoint.pt there to resume from.")
     else:
-        run_dir = RunDirectory.create(out_dir, experiment.config.name)
-        run_dir.write_config(config_to_dict(experiment.config))
-        run_dir.write_json("plugins.json", experiment.provenance())
-    run = FederatedRun(experiment, run_dir, progress)
+        path = RunDirectory.create(out_dir, config.name).path if is_main else None
+        run_dir = RunDirectory(exchange.broadcast(path) if exchange else path)
+        if is_main:
+            run_dir.write_config(config_to_dict(config))
+            run_dir.write_json("plugins.json", experiment.provenance())
+    run = FederatedRun(experiment, run_dir, progress, fabric, exchange)
     if resume_dir is not None:
         run.load_state_dict(load_torch(run_dir.checkpoint))
-    else:
+    elif is_main:
         run_dir.write_json(
             "partition.json",
             {"statistics": run.partition.statistics(run.data.train_labels, run.data.num_classes),
              "sizes": run.partition.sizes.tolist()[:100_000]},
         )
         for logger in run.loggers:
-            logger.log_hyperparams(config_to_dict(experiment.config))
+            logger.log_hyperparams(config_to_dict(config))
     run.setup_seconds = time.perf_counter() - started
     run.run(stop_after_rounds)
     summary = run.finish(started)
     state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
-    return RunResult(run_dir.path, run.history, summary, state)
+    return RunResult(run_dir.path, run.history, summary, state, rank=fabric.global_rank)
