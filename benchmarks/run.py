@@ -47,7 +47,7 @@ def run_baseline(w, registry):
     return baseline_rounds(w, net, data)
 
 
-def measure(w, registry, out_dir, repeats=2, vectorized=True):
+def measure(w, registry, out_dir, repeats=3, vectorized=True):
     kinds = ["baseline", "flcore"] + (["vectorized"] if vectorized else [])
     times = {k: [] for k in kinds}
     memory = {k: 0.0 for k in kinds}

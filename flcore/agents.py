@@ -42,7 +42,7 @@ class AgentMetadata:
         """The fields this component adds to every agent."""
         return ()
 
-    def on_round_end(self, population: "AgentPopulation", round_index: int, updates: Sequence["ClientUpdate"]) -> None:
+    def on_round_end(self, population: AgentPopulation, round_index: int, updates: Sequence[ClientUpdate]) -> None:
         """Update the fields from the round's accepted updates."""
 
 

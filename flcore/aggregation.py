@@ -42,7 +42,7 @@ class LocalContext:
 
     agent_id: int
     round_index: int
-    population: "AgentPopulation"
+    population: AgentPopulation
     params: list[torch.Tensor]
     global_params: list[torch.Tensor]
     lr: float
@@ -81,7 +81,7 @@ class Aggregator:
         """Restore what :meth:`state_dict` returned."""
 
     # ------------------------------------------------------------------------------ client side
-    def configure_training(self, training: "TrainingConfig") -> "TrainingConfig":
+    def configure_training(self, training: TrainingConfig) -> TrainingConfig:
         """Adjust local training settings (FedSGD trains one full-batch step)."""
         return training
 

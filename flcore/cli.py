@@ -246,6 +246,19 @@ def partition(config: Path | None, overrides: tuple[str, ...], plot_file: Path |
         click.echo(f"plot: {plot_file}")
 
 
+@main.command("new-plugin")
+@click.option("--kind", required=True, type=click.Choice(["aggregator", "sampler", "partitioner"]))
+@click.argument("name")
+@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@handle_errors
+def new_plugin(kind: str, name: str, directory: Path) -> None:
+    """Write a ready-to-install plugin package for a new component NAME."""
+    from flcore.newplugin import write_plugin
+
+    target = write_plugin(kind, name, directory)
+    click.echo(f"wrote {target}: cd {target} && pip install -e '.[test]' && pytest")
+
+
 @main.command()
 @handle_errors
 def schema() -> None:

@@ -56,7 +56,7 @@ def format_validation_error(exc: ValidationError, where: str, subject: str) -> s
     return f"invalid {subject}: " + "; ".join(parts) + "."
 
 
-def validate_params(component: "Component", params: Mapping[str, Any], where: str) -> ComponentParams:
+def validate_params(component: Component, params: Mapping[str, Any], where: str) -> ComponentParams:
     """Validate a config section against the component's own parameter model."""
     model = component.params_model()
     try:
@@ -69,7 +69,7 @@ def validate_params(component: "Component", params: Mapping[str, Any], where: st
         ) from None
 
 
-def build_component(registry: "Registry", kind: str, spec: Any, where: str, *args: Any) -> Any:
+def build_component(registry: Registry, kind: str, spec: Any, where: str, *args: Any) -> Any:
     """Resolve ``spec.name``, validate its parameters, and construct it as ``target(params, *args)``."""
     component = registry.resolve(kind, spec.name)
     params = validate_params(component, spec.params, where)

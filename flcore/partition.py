@@ -22,7 +22,7 @@ class Partition:
     offsets: np.ndarray
 
     @classmethod
-    def from_shards(cls, shards: Sequence[np.ndarray]) -> "Partition":
+    def from_shards(cls, shards: Sequence[np.ndarray]) -> Partition:
         """Build a partition from one index array per agent."""
         sizes = np.fromiter((len(s) for s in shards), dtype=np.int64, count=len(shards))
         offsets = np.zeros(len(shards) + 1, dtype=np.int64)
@@ -31,7 +31,7 @@ class Partition:
         return cls(indices, offsets)
 
     @classmethod
-    def from_assignment(cls, agent_of_sample: np.ndarray, num_agents: int) -> "Partition":
+    def from_assignment(cls, agent_of_sample: np.ndarray, num_agents: int) -> Partition:
         """Build a partition from each sample's agent (-1 for samples no agent holds)."""
         agent_of_sample = np.asarray(agent_of_sample)
         used = np.flatnonzero(agent_of_sample >= 0)

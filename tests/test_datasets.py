@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from dataset_files import cifar_like, mnist_like
+
 from flcore.errors import DataNotFoundError
 from flcore.registry import discover
 

@@ -153,9 +153,8 @@ def test_federated_feature_extraction_moves_only_the_head(tmp_path, tiny_config)
 
 
 def test_centralized_training_uses_the_same_datamodule_and_model(tmp_path, tiny_config):
-    from click.testing import CliRunner
-
     import yaml
+    from click.testing import CliRunner
 
     from flcore.cli import main
 
@@ -170,3 +169,26 @@ def test_centralized_training_uses_the_same_datamodule_and_model(tmp_path, tiny_
     assert float(rows[-1]["test_acc"]) > 0.85
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["federation"] is None and saved["training"]["epochs"] == 3
+
+
+def test_agent_metadata_persists_across_rounds_and_is_checkpointed(tmp_path, tiny_config):
+    from flcore.engine.checkpoint import load_torch
+    from flcore.registry import discover
+
+    assert discover().resolve("agent_metadata", "participation").provider == "flcore"
+    tiny_config["federation"]["rounds"] = 4
+    result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
+    columns = load_torch(result.run_dir / "checkpoint.pt")["population"]["columns"]
+    selected = [int(r["times_selected"]) for r in read_csv(result.run_dir / "sampling.csv")]
+    assert columns["times_selected"].tolist() == selected and sum(selected) == 16
+    trained = columns["last_round"] > 0
+    assert (columns["last_round"][trained] <= 4).all() and torch.isfinite(columns["last_loss"][trained]).all()
+    assert torch.isnan(columns["last_loss"][~trained]).all()
+
+
+def test_restricting_agent_metadata_to_none(tmp_path, tiny_config):
+    from flcore.engine.checkpoint import load_torch
+
+    tiny_config["federation"]["agent_metadata"] = []
+    result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
+    assert load_torch(result.run_dir / "checkpoint.pt")["population"]["columns"] == {}

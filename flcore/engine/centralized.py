@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from flcore.experiment import Experiment, RunResult
 
 
-def run_centralized(experiment: "Experiment", out_dir: str | Path, progress: bool | None) -> "RunResult":
+def run_centralized(experiment: Experiment, out_dir: str | Path, progress: bool | None) -> RunResult:
     """Fit the model on the whole training split and evaluate it on the test split every epoch."""
     import lightning as L
 

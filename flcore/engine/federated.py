@@ -72,7 +72,7 @@ def _single_device_fabric(fabric: Any, runtime: Any) -> Any:
 class FederatedRun:
     """The state of one federated run, built from an :class:`~flcore.experiment.Experiment`."""
 
-    def __init__(self, experiment: "Experiment", run_dir: RunDirectory, progress: bool | None, fabric: Any,
+    def __init__(self, experiment: Experiment, run_dir: RunDirectory, progress: bool | None, fabric: Any,
                  exchange: Any = None) -> None:
         config = experiment.config
         self.config = config
@@ -365,12 +365,12 @@ def _average_buffers(global_buffers: dict[str, torch.Tensor], updates: Sequence[
 
 
 def run_federated(
-    experiment: "Experiment",
+    experiment: Experiment,
     out_dir: str | Path,
     resume_dir: str | Path | None,
     progress: bool | None,
     stop_after_rounds: int | None,
-) -> "RunResult":
+) -> RunResult:
     """Build a :class:`FederatedRun` in a new (or resumed) folder, run it, and summarise it."""
     from flcore.experiment import RunResult
 

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from flcore.aggregation import Aggregator, ClientUpdate, LocalContext
 from flcore.agents import AgentPopulation
+from flcore.aggregation import Aggregator, ClientUpdate, LocalContext
 from flcore.config import TrainingConfig
 from flcore.engine import seeding
 from flcore.training import build_optimizer, compute_loss

@@ -35,7 +35,7 @@ class RunDirectory:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, out_root: str | Path, name: str) -> "RunDirectory":
+    def create(cls, out_root: str | Path, name: str) -> RunDirectory:
         """A new, unique folder ``<out_root>/<name>-<timestamp>``."""
         root = Path(out_root)
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -15,13 +15,13 @@ warning.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-from flcore.aggregation import Aggregator, ClientUpdate
 from flcore.agents import AgentPopulation
+from flcore.aggregation import Aggregator, ClientUpdate
 from flcore.config import TrainingConfig
 from flcore.engine import seeding
 from flcore.engine.local import flatten

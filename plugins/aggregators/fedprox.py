@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from flcore_plugins.aggregators.fedavg import FedAvg, FedAvgParams
 from pydantic import Field
 
 from flcore.aggregation import LocalContext
-from flcore_plugins.aggregators.fedavg import FedAvg, FedAvgParams
 
 
 class FedProxParams(FedAvgParams):

@@ -1,7 +1,8 @@
 """Built-in models."""
 
-from flcore import hookimpl
 from flcore_plugins.models.variants import VARIANTS
+
+from flcore import hookimpl
 
 _MODULE = "flcore_plugins.models"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+from flcore_plugins.models.variants import FAMILIES, VARIANTS
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -29,7 +30,6 @@ from flcore.data import DataSpec
 from flcore.errors import ConfigError
 from flcore.models import ClassifierModule
 from flcore.params import ComponentParams
-from flcore_plugins.models.variants import FAMILIES, VARIANTS
 
 _PROBE_SIZES = (32, 48, 64, 96, 128, 160, 224)
 
@@ -45,7 +45,7 @@ class ZooParams(ComponentParams):
     input_size: int | None = Field(None, gt=0, description="Resize inputs to this size; default only when needed.")
 
     @model_validator(mode="after")
-    def _pretrained_source(self) -> "ZooParams":
+    def _pretrained_source(self) -> ZooParams:
         if self.mode != "scratch" and self.weights is None and self.checkpoint is None:
             object.__setattr__(self, "weights", "DEFAULT")
         return self
@@ -157,7 +157,7 @@ class ZooNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.resize(x))
 
-    def train(self, mode: bool = True) -> "ZooNet":
+    def train(self, mode: bool = True) -> ZooNet:
         super().train(mode)
         if self.freeze_backbone and mode:  # frozen statistics stay frozen
             head = _get(self.backbone, self.head_path)
