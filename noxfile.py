@@ -41,7 +41,16 @@ def wheel(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate the config and CLI references, then build the site with warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("python", "docs/gen_reference.py")
+    session.run("mkdocs", "build", "--strict")
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The speed benchmarks (E1, E2, E3) with their plain-PyTorch baselines."""
     session.install("-e", ".")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/partition.py")

@@ -246,6 +246,18 @@ def partition(config: Path | None, overrides: tuple[str, ...], plot_file: Path |
         click.echo(f"plot: {plot_file}")
 
 
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNGs and index.html (default: RUN_DIR/report, or ./report for several runs).")
+@handle_errors
+def report(run_dirs: tuple[Path, ...], out_dir: Path | None) -> None:
+    """Plot a run (or overlay several) as PNG files and one HTML page."""
+    from flcore.report import report as write_report
+
+    click.echo(f"report: {write_report(run_dirs, out_dir)}")
+
+
 @main.command("new-plugin")
 @click.option("--kind", required=True, type=click.Choice(["aggregator", "sampler", "partitioner"]))
 @click.argument("name")
