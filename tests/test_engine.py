@@ -192,3 +192,16 @@ def test_restricting_agent_metadata_to_none(tmp_path, tiny_config):
     tiny_config["federation"]["agent_metadata"] = []
     result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
     assert load_torch(result.run_dir / "checkpoint.pt")["population"]["columns"] == {}
+
+
+def test_data_a_component_rejects_is_bad_input_and_leaves_no_run_folder(tmp_path, tiny_config):
+    from flcore.errors import ConfigError
+
+    tiny_config["federation"].update(agents=8, partitioner={"name": "niid", "niid_factor": 1000})
+    with pytest.raises(ConfigError, match="federation.partitioner 'niid' cannot be used here: .*more than"):
+        Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
+    tiny_config["federation"]["partitioner"] = "iid"
+    tiny_config["model"] = "lenet5"
+    with pytest.raises(ConfigError, match="model 'lenet5' cannot be used here: .*at least 28x28"):
+        Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ from flcore.engine.checkpoint import save_torch
 from flcore.engine.evaluation import evaluate
 from flcore.engine.observers import build_loggers, build_profiler
 from flcore.engine.rundir import RunDirectory
+from flcore.errors import ConfigError
 
 if TYPE_CHECKING:
     from flcore.experiment import Experiment, RunResult
@@ -29,14 +30,16 @@ def run_centralized(experiment: Experiment, out_dir: str | Path, progress: bool 
 
     config = experiment.config
     started = time.perf_counter()
-    run_dir = RunDirectory.create(out_dir, config.name)
-    run_dir.write_config(config_to_dict(config))
-    run_dir.write_json("plugins.json", experiment.provenance())
-
     data = experiment.components["dataset"].build()
     seeding.seed_torch(config.seed, seeding.INIT)
-    model = experiment.components["model"].build(data.spec)
+    try:
+        model = experiment.components["model"].build(data.spec)
+    except ValueError as exc:
+        raise ConfigError(f"model '{config.model.name}' cannot be used here: {exc}") from None
     model.configure_training(config.training)
+    run_dir = RunDirectory.create(out_dir, config.name)  # only once the experiment can start
+    run_dir.write_config(config_to_dict(config))
+    run_dir.write_json("plugins.json", experiment.provenance())
     data.batch_size = config.training.batch_size or len(data.y_train)
 
     history: list[dict] = []

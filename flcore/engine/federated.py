@@ -7,7 +7,9 @@ that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -60,6 +62,15 @@ def build_fabric(runtime: Any, distributed: bool) -> Any:
     return fabric
 
 
+@contextlib.contextmanager
+def _as_config_error(where: str, resolved: Any):
+    """A component that rejects this experiment's data (a ValueError) is bad input, not a crash."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(f"{where} '{resolved.component.name}' cannot be used here: {exc}") from None
+
+
 def _single_device_fabric(fabric: Any, runtime: Any) -> Any:
     """A Fabric on this process's device alone: local training must not be wrapped in DDP, whose
     gradient all-reduce would tie together processes that train different agents."""
@@ -83,12 +94,14 @@ class FederatedRun:
 
         self.data = parts["dataset"].build()
         seeding.seed_torch(self.seed, seeding.INIT)
-        self.model = parts["model"].build(self.data.spec)
+        with _as_config_error("model", parts["model"]):
+            self.model = parts["model"].build(self.data.spec)
         partitioner = parts["partitioner"].build()
-        self.partition = partitioner.split(
-            self.data.train_labels, self.federation.agents, seeding.numpy_rng(self.seed, seeding.PARTITION),
-            self.data.groups,
-        )
+        with _as_config_error("federation.partitioner", parts["partitioner"]):
+            self.partition = partitioner.split(
+                self.data.train_labels, self.federation.agents, seeding.numpy_rng(self.seed, seeding.PARTITION),
+                self.data.groups,
+            )
         if self.partition.num_agents != self.federation.agents:
             raise RunFailure(
                 f"partitioner '{parts['partitioner'].component.name}' returned {self.partition.num_agents} "
@@ -404,7 +417,12 @@ def run_federated(
         if is_main:
             run_dir.write_config(config_to_dict(config))
             run_dir.write_json("plugins.json", experiment.provenance())
-    run = FederatedRun(experiment, run_dir, progress, fabric, exchange)
+    try:
+        run = FederatedRun(experiment, run_dir, progress, fabric, exchange)
+    except BaseException:
+        if resume_dir is None and is_main:  # never leave a half-written run folder behind
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
     if resume_dir is not None:
         run.load_state_dict(load_torch(run_dir.checkpoint))
     elif is_main:

@@ -65,8 +65,11 @@ def build_profiler(kind: str | None, run_dir: Path) -> Any:
 
     if kind is None:
         return profilers.PassThroughProfiler()
-    cls = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler,
-           "pytorch": profilers.PyTorchProfiler}[kind]
+    if kind == "pytorch":
+        # no step schedule: the engine has no training_step for it to count, so record throughout
+        return profilers.PyTorchProfiler(dirpath=str(run_dir), filename="profile", schedule=None,
+                                         sort_by_key="cpu_time_total", row_limit=100)
+    cls = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler}[kind]
     return cls(dirpath=str(run_dir), filename="profile")
 
 
