@@ -50,3 +50,27 @@ def test_report_overlays_several_runs(tmp_path, tiny_config):
 def test_report_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not a flcore run folder" in result.output
+
+
+def test_the_report_page_shows_its_plots_in_headless_chromium(tmp_path, tiny_config):
+    """Rendered by a real browser, the page shows the plots: matplotlib's blue lines and bars appear
+    in the screenshot, which they cannot unless the PNGs load."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium here (.ci/run installs Debian's chromium when it can)")
+    run = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path).run_dir
+    page = CliRunner().invoke(main, ["report", str(run)]).output.split("report: ")[1].strip()
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1200,2400",
+                    f"--screenshot={shot}", f"file://{page}"], check=True, capture_output=True, timeout=120)
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+    tab_blue = np.abs(pixels - [31, 119, 180]).sum(axis=1) < 30
+    assert tab_blue.sum() > 500, "the plots did not render"
