@@ -39,13 +39,7 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callab
 
 @pytest.fixture
 def tiny_config() -> dict:
-    """A federated experiment on the embedded digits that runs in about a second."""
-    return {
-        "name": "tiny",
-        "seed": 3,
-        "dataset": "digits",
-        "model": {"name": "mlp", "hidden": [32]},
-        "federation": {"agents": 8, "rounds": 3, "sampler": {"name": "uniform", "count": 4}},
-        "training": {"epochs": 1, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.1}},
-        "logging": {"loggers": ["csv"], "profiler": None, "progress": "off"},
-    }
+    """A federated experiment on the embedded digits that runs in about a second (flcore.testing's)."""
+    from flcore.testing import tiny_config as make
+
+    return make() | {"seed": 3}

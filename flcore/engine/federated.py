@@ -426,9 +426,10 @@ def run_federated(
     if resume_dir is not None:
         run.load_state_dict(load_torch(run_dir.checkpoint))
     elif is_main:
-        run_dir.write_json("partition.json", partition_record(run.partition, run.data.train_labels, run.data.num_classes))
+        record = partition_record(run.partition, run.data.train_labels, run.data.num_classes)
+        run_dir.write_json("partition.json", record)
         for logger in run.loggers:
-            logger.log_hyperparams(config_to_dict(config))
+            logger.log_hyperparams(config_to_dict(config) | {"partition": record["statistics"]})
     run.setup_seconds = time.perf_counter() - started
     run.run(stop_after_rounds)
     summary = run.finish(started)

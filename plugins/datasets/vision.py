@@ -140,9 +140,6 @@ def FashionMNIST(params: VisionParams) -> ArrayDataModule:
     return _module("fashion_mnist", params, *_load("FashionMNIST", params), num_classes=10)
 
 
-MNIST.describe_spec = _spec(10, (1, 28, 28))  # type: ignore[attr-defined]
-FashionMNIST.describe_spec = _spec(10, (1, 28, 28))  # type: ignore[attr-defined]
-
 _EMNIST_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "digits": 10, "letters": 26, "mnist": 10}
 
 
@@ -166,6 +163,9 @@ def CIFAR100(params: VisionParams) -> ArrayDataModule:
     return _module("cifar100", params, *_load("CIFAR100", params), num_classes=100)
 
 
+# shapes known without reading the files, for `flcore describe model NAME --dataset D`
+MNIST.describe_spec = _spec(10, (1, 28, 28))  # type: ignore[attr-defined]
+FashionMNIST.describe_spec = _spec(10, (1, 28, 28))  # type: ignore[attr-defined]
 EMNIST.describe_spec = _spec(0, (1, 28, 28))  # type: ignore[attr-defined]
 CIFAR10.describe_spec = _spec(10, (3, 32, 32))  # type: ignore[attr-defined]
 CIFAR100.describe_spec = _spec(100, (3, 32, 32))  # type: ignore[attr-defined]
