@@ -110,18 +110,30 @@ def list_plugins(kind: str | None, as_json: bool, strict: bool | None) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last checkpoint.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when a terminal).")
+@click.option("--devices", help="Processes (devices) for the distributed backend; sets runtime.devices and "
+              "federation.backend=distributed when above 1.")
+@click.option("--num-nodes", type=int, help="Machines for the distributed backend (runtime.num_nodes).")
 @strict_option
 @handle_errors
 def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_dir: Path | None,
-        progress: bool | None, strict: bool | None) -> None:
+        progress: bool | None, devices: str | None, num_nodes: int | None, strict: bool | None) -> None:
     """Run an experiment; without CONFIG, the embedded default (no download needed)."""
     from flcore.config import load_config
     from flcore.errors import ConfigError
 
+    extra = []
+    if devices is not None:
+        extra.append(f"runtime.devices={devices}")
+        if devices not in ("1", "auto") or (num_nodes or 1) > 1:
+            extra.append("federation.backend=distributed")
+    if num_nodes is not None:
+        extra += [f"runtime.num_nodes={num_nodes}", "federation.backend=distributed"]
+    overrides = tuple(extra) + overrides
+
     if resume_dir is not None:
         if config is not None or overrides:
             raise ConfigError("--resume continues a run with the config saved in its folder; "
-                              "give neither CONFIG nor --set with it.")
+                              "give neither CONFIG, --set, --devices nor --num-nodes with it.")
         config = resume_dir / "config.yaml"
         if not config.is_file():
             raise ConfigError(f"--resume {resume_dir}: no config.yaml there; is it a flcore run folder?")

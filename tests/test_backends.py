@@ -63,8 +63,8 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_c
     command = [sys.executable, "-m", "flcore.cli", "run", str(config), "--out"]
     one = subprocess.run(command + [str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stdout + one.stderr
-    two = subprocess.run(command + [str(tmp_path / "two"), "--set", "federation.backend=distributed",
-                                    "--set", "runtime.devices=2"], env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(command + [str(tmp_path / "two"), "--devices", "2"], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert two.returncode == 0, two.stdout + two.stderr
     assert two.stdout.count("results:") == 1  # only rank 0 reports
     a = torch.load(next((tmp_path / "one").glob("*/model.pt")), weights_only=True)
