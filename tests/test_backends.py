@@ -73,3 +73,17 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_c
         assert torch.equal(a[name], b[name]), name
     rows = (next((tmp_path / "two").glob("*/logs/agents/version_0/metrics.csv"))).read_text().splitlines()
     assert len(rows) == 1 + 3 * 5  # every rank's agents are logged by rank 0
+
+
+def test_aggregators_with_per_agent_hooks_are_refused_by_the_distributed_backend():
+    from flcore.aggregation import Aggregator
+    from flcore.engine.federated import _check_distributable
+    from flcore.errors import ConfigError
+
+    class KeepsAgentState(Aggregator):
+        def on_local_end(self, context, update):
+            pass
+
+    with pytest.raises(ConfigError, match="'mine' keeps per-agent state in on_local_end"):
+        _check_distributable(KeepsAgentState(None), "mine")
+    _check_distributable(Aggregator(None), "plain")  # no hooks: accepted

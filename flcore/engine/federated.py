@@ -8,7 +8,6 @@ that was never interrupted.
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import sys
 import time
@@ -25,7 +24,7 @@ from flcore.config import config_to_dict
 from flcore.engine import seeding
 from flcore.engine.checkpoint import load_torch, save_torch
 from flcore.engine.evaluation import evaluate
-from flcore.engine.local import AgentFailure, LocalTrainer
+from flcore.engine.local import AgentFailure, LocalTrainer, diverged
 from flcore.engine.observers import build_loggers, build_profiler, memory_stats
 from flcore.engine.rundir import RunDirectory
 from flcore.errors import ConfigError, RunFailure
@@ -69,6 +68,18 @@ def _as_config_error(where: str, resolved: Any):
         yield
     except ValueError as exc:
         raise ConfigError(f"{where} '{resolved.component.name}' cannot be used here: {exc}") from None
+
+
+def _check_distributable(aggregator: Any, name: str) -> None:
+    """Per-agent state that an aggregator keeps from its local hooks would live on one process only."""
+    from flcore.aggregation import Aggregator
+
+    hooks = [h for h in ("on_local_start", "on_local_end") if getattr(type(aggregator), h) is not getattr(Aggregator, h)]
+    if hooks:
+        raise ConfigError(
+            f"federation.aggregator '{name}' keeps per-agent state in {', '.join(hooks)}, which the distributed "
+            "backend would split across processes; use the sequential backend with it."
+        )
 
 
 def _single_device_fabric(fabric: Any, runtime: Any) -> Any:
@@ -115,6 +126,8 @@ class FederatedRun:
 
         self.fabric = fabric
         self.exchange = exchange
+        if exchange is not None:
+            _check_distributable(self.aggregator, parts["aggregator"].component.name)
         self.is_main = fabric.global_rank == 0
         x, y = self.data.x_train, self.data.y_train
         local_fabric = _single_device_fabric(fabric, config.runtime) if exchange is not None else fabric
@@ -122,8 +135,7 @@ class FederatedRun:
             x, y = x.to(self.fabric.device), y.to(self.fabric.device)
         self.trainer = LocalTrainer(local_fabric, self.model, x, y, self.data.transform, self.seed)
         self.vectorized = None
-        self.backend = self.federation.backend
-        if self.backend == "vectorized":
+        if self.federation.backend == "vectorized":
             from flcore.engine.vectorized import Unsupported, VectorizedTrainer, check_supported
 
             try:
@@ -132,7 +144,6 @@ class FederatedRun:
             except Unsupported as exc:
                 warnings.warn(f"the vectorized backend cannot train this experiment ({exc}); "
                               "falling back to sequential", stacklevel=1)
-                self.backend = "sequential"
         self.global_vector = self.trainer.global_vector()
         self.global_buffers = self.trainer.buffer_state()
         self.times_selected = np.zeros(self.federation.agents, dtype=np.int64)
@@ -151,6 +162,7 @@ class FederatedRun:
         self.show_progress = sys.stderr.isatty() if progress is None else progress
         if config.logging.progress != "auto":
             self.show_progress = config.logging.progress == "on"
+        self.show_progress = self.show_progress and self.is_main  # one bar, not one per process
 
     # -------------------------------------------------------------------------------- rounds
     def run_round(self, r: int) -> dict[str, Any]:
@@ -216,9 +228,8 @@ class FederatedRun:
             results: list[ClientUpdate | AgentFailure] = []
             for update in batch:
                 loss = update.metrics["loss"]
-                finite = math.isfinite(loss) and math.isfinite(float(update.delta.sum()))
-                results.append(update if finite else AgentFailure(
-                    update.agent_id, r, f"local training produced non-finite weights (loss {loss})"))
+                results.append(AgentFailure(update.agent_id, r, f"local training produced non-finite weights (loss {loss})")
+                               if diverged(loss, update.delta) else update)
         else:
             results = []
             mine = self.exchange.mine(agents) if self.exchange else agents

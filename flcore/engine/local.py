@@ -153,13 +153,17 @@ class LocalTrainer:
             if training.max_steps is not None and context.steps >= training.max_steps:
                 break
         delta = flatten(self.params) - global_vector
-        # a sum is NaN or infinite if any entry is (or if the weights are astronomically large): one
-        # reduction instead of a boolean copy of the whole update
-        if not math.isfinite(loss_value) or not math.isfinite(float(delta.sum())):
+        if diverged(loss_value, delta):
             raise AgentFailure(agent_id, round_index, f"local training produced non-finite weights (loss {loss_value})")
         update = ClientUpdate(agent_id, delta, n, {"loss": loss_value}, self.buffer_state())
         aggregator.on_local_end(context, update)
         return update
+
+
+def diverged(loss: float, delta: torch.Tensor) -> bool:
+    """Whether a loss or an update is NaN or infinite. A sum is non-finite if any entry is (or if
+    the weights are astronomically large): one reduction instead of a boolean copy of the update."""
+    return not math.isfinite(loss) or not math.isfinite(float(delta.sum()))
 
 
 def _split_like(vector: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
