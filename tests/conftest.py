@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import textwrap
 from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import settings
+
+# CI replays the same examples every run, so a rare counterexample shows up in development, not as a flaky CI
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ def _flcore(*args: str, **kwargs) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_config):
-    tiny_config["federation"].update(rounds=30, aggregator={"name": "fedavgm", "momentum": 0.5})
+    tiny_config["federation"].update(rounds=50, aggregator={"name": "fedavgm", "momentum": 0.5})
     tiny_config["model"]["dropout"] = 0.1
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_config))
@@ -42,7 +42,7 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_config):
     assert checkpoint is not None and victim.poll() is None, "the run ended before it could be killed"
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    assert load_torch(checkpoint)["next_round"] < 30
+    assert load_torch(checkpoint)["next_round"] < 50
 
     resumed = _flcore("run", "--resume", str(checkpoint.parent))
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
