@@ -171,7 +171,7 @@ def validate(config: Path, overrides: tuple[str, ...], strict: bool | None) -> N
     from flcore.config import load_config
 
     experiment = _experiment(load_config(config, overrides), strict)
-    names = {k: (v if not isinstance(v, list) else v[0]).component.qualified_name
+    names = {k: "+".join(r.component.qualified_name for r in (v if isinstance(v, list) else [v]))
              for k, v in experiment.components.items() if v}
     click.echo(f"{config}: valid. Components: " + ", ".join(f"{k}={n}" for k, n in names.items()))
 

@@ -44,21 +44,23 @@ class ComponentSpec(BaseModel):
 class OptimizerConfig(_Section):
     """The local optimizer, rebuilt from these settings for every agent in every round."""
 
-    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = Field("sgd", description="torch.optim class.")
+    lr: float = Field(0.05, gt=0, description="Learning rate (before the scheduler's factor).")
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty.")
+    nesterov: bool = Field(False, description="sgd with momentum > 0.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw.")
 
 
 class SchedulerConfig(_Section):
     """Learning-rate decay across rounds (federated) or epochs (centralized)."""
 
-    name: Literal["constant", "step", "multistep", "exponential", "cosine"] = "constant"
-    gamma: float = Field(0.1, gt=0, le=1)
-    step_size: int = Field(10, gt=0)
-    milestones: list[int] = Field(default_factory=list)
+    name: Literal["constant", "step", "multistep", "exponential", "cosine"] = Field(
+        "constant", description="The lr factor at round (or epoch) t: step gamma^(t // step_size), multistep "
+        "gamma^(milestones passed), exponential gamma^t, cosine from 1 down to min_factor.")
+    gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of step, multistep and exponential.")
+    step_size: int = Field(10, gt=0, description="step: rounds between decays.")
+    milestones: list[int] = Field(default_factory=list, description="multistep: the rounds at which lr decays.")
     min_factor: float = Field(0.0, ge=0, le=1, description="cosine: the final lr as a fraction of lr")
 
 
@@ -70,19 +72,22 @@ class TrainingConfig(_Section):
     batch_size: int | None = Field(32, gt=0, description="None trains on the full shard in one batch.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    loss: Literal["cross_entropy", "nll"] = "cross_entropy"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip_norm: float | None = Field(None, gt=0)
+    loss: Literal["cross_entropy", "nll"] = Field("cross_entropy", description="nll expects log-probabilities.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross_entropy's label smoothing.")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip local gradients to this total norm.")
 
 
 class FederationConfig(_Section):
     """Agents, rounds, and the federated components."""
 
     agents: int = Field(10, gt=0, description="Number of registered agents.")
-    rounds: int = Field(10, gt=0)
-    partitioner: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="iid"))
-    sampler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="uniform"))
-    aggregator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="fedavg"))
+    rounds: int = Field(10, gt=0, description="Rounds of sample, train, aggregate.")
+    partitioner: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="iid"),
+                                       description="How the training split is shared among agents.")
+    sampler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="uniform"),
+                                   description="Which agents train each round.")
+    aggregator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="fedavg"),
+                                      description="How updates become the next global model.")
     agent_metadata: list[ComponentSpec] | None = Field(
         None, description="Agent metadata components to enable; None enables every installed one."
     )
@@ -105,18 +110,19 @@ class EvaluationConfig(_Section):
     """When and how the global model is evaluated."""
 
     every: int = Field(1, gt=0, description="Evaluate on the test split every k rounds and at the end.")
-    batch_size: int = Field(1024, gt=0)
+    batch_size: int = Field(1024, gt=0, description="Evaluation batch size.")
     local: bool = Field(False, description="Also evaluate the global model on each sampled agent's shard.")
 
 
 class RuntimeConfig(_Section):
     """Lightning's accelerator, devices and precision."""
 
-    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
-    devices: int | str = 1
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = Field("cpu", description="Lightning accelerator.")
+    devices: int | str = Field(1, description="Devices (processes) per machine; above 1 needs the distributed backend.")
     num_nodes: int = Field(1, gt=0, description="Machines, for the distributed backend.")
-    precision: str = "32-true"
-    matmul_precision: Literal["highest", "high", "medium"] | None = None
+    precision: str = Field("32-true", description="Any Lightning precision: 32-true, 16-mixed, bf16-mixed, ...")
+    matmul_precision: Literal["highest", "high", "medium"] | None = Field(
+        None, description="torch.set_float32_matmul_precision (TF32 on Ampere and newer GPUs).")
 
 
 class LoggerSpec(ComponentSpec):
@@ -126,9 +132,12 @@ class LoggerSpec(ComponentSpec):
 class LoggingConfig(_Section):
     """Lightning loggers and profiler, the progress bar, and per-agent metrics."""
 
-    loggers: list[LoggerSpec] = Field(default_factory=lambda: [LoggerSpec(name="csv")])
-    profiler: Literal["simple", "advanced", "pytorch"] | None = "simple"
-    progress: Literal["auto", "on", "off"] = "auto"
+    loggers: list[LoggerSpec] = Field(default_factory=lambda: [LoggerSpec(name="csv")],
+                                      description="Lightning loggers: csv, tensorboard, mlflow, wandb, each with its "
+                                      "keyword arguments beside the name.")
+    profiler: Literal["simple", "advanced", "pytorch"] | None = Field(
+        "simple", description="Lightning profiler timing each phase of a round; null for none.")
+    progress: Literal["auto", "on", "off"] = Field("auto", description="Progress bar over rounds; auto: on a terminal.")
     agent_metrics: bool = Field(True, description="Log each agent's local metrics every round.")
 
 
@@ -141,11 +150,12 @@ class CheckpointConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole experiment; without ``federation`` it is centralized training."""
 
-    name: str = "experiment"
-    seed: int = Field(0, ge=0)
-    dataset: ComponentSpec
-    model: ComponentSpec
-    federation: FederationConfig | None = Field(default_factory=FederationConfig)
+    name: str = Field("experiment", description="Run folder prefix and logger name.")
+    seed: int = Field(0, ge=0, description="Every random stream derives from it.")
+    dataset: ComponentSpec = Field(description="The dataset component.")
+    model: ComponentSpec = Field(description="The model component.")
+    federation: FederationConfig | None = Field(default_factory=FederationConfig,
+                                                description="null trains centrally (as flcore train does).")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
