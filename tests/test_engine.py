@@ -205,3 +205,11 @@ def test_data_a_component_rejects_is_bad_input_and_leaves_no_run_folder(tmp_path
     with pytest.raises(ConfigError, match="model 'lenet5' cannot be used here: .*at least 28x28"):
         Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_agent_keeps_its_original_error_as_the_cause(tmp_path, tiny_config):
+    tiny_config["federation"].update(sampler="all", aggregator="fail_for_one")
+    experiment = Experiment(validate_config(tiny_config), plugins=[("test", _FailingPlugin)])
+    with pytest.raises(RunFailure) as info:
+        experiment.run(out_dir=tmp_path)
+    assert isinstance(info.value.__cause__, RuntimeError) and "simulated crash" in str(info.value.__cause__)

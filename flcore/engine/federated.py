@@ -241,7 +241,7 @@ class FederatedRun:
                     results.append(self.trainer.train_agent(agent, r, self.population, self.global_vector,
                                                             self.global_buffers, self.training, lr, self.aggregator, log))
                 except Exception as exc:  # the failure policy decides; never a bare traceback
-                    results.append(exc if isinstance(exc, AgentFailure) else AgentFailure(agent, r, repr(exc)))
+                    results.append(exc if isinstance(exc, AgentFailure) else AgentFailure(agent, r, repr(exc), exc))
             if self.exchange is not None:
                 results, records = self.exchange.gather(agents, results, records, self.global_vector,
                                                         self.global_buffers)
@@ -253,7 +253,8 @@ class FederatedRun:
             if isinstance(result, AgentFailure):
                 result.round_index = r + 1
                 if self.federation.on_agent_failure == "fail":
-                    raise RunFailure(f"{result}. Set federation.on_agent_failure=skip to drop such updates instead.")
+                    raise RunFailure(f"{result}. Set federation.on_agent_failure=skip to drop such updates instead."
+                                     ) from result.cause
                 warnings.warn(f"skipping update: {result}", stacklevel=1)
                 failed.append(result.agent_id)
                 continue

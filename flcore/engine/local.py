@@ -42,6 +42,7 @@ class AgentFailure(Exception):
     agent_id: int
     round_index: int
     reason: str
+    cause: BaseException | None = None  # the original error, kept for --debug tracebacks
 
     def __str__(self) -> str:
         return f"agent {self.agent_id} failed in round {self.round_index}: {self.reason}"
