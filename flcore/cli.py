@@ -119,7 +119,6 @@ def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_d
         progress: bool | None, devices: str | None, num_nodes: int | None, strict: bool | None) -> None:
     """Run an experiment; without CONFIG, the embedded default (no download needed)."""
     from flcore.config import load_config
-    from flcore.errors import ConfigError
 
     extra = []
     if devices is not None:
@@ -131,12 +130,7 @@ def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_d
     overrides = tuple(extra) + overrides
 
     if resume_dir is not None:
-        if config is not None or overrides:
-            raise ConfigError("--resume continues a run with the config saved in its folder; "
-                              "give neither CONFIG, --set, --devices nor --num-nodes with it.")
-        config = resume_dir / "config.yaml"
-        if not config.is_file():
-            raise ConfigError(f"--resume {resume_dir}: no config.yaml there; is it a flcore run folder?")
+        config, overrides = _resumable_config(resume_dir, config, overrides), ()
     experiment = _experiment(load_config(config, overrides), strict)
     result = experiment.run(out_dir=out_dir, resume_dir=resume_dir, progress=progress)
     _report(result)
@@ -290,6 +284,31 @@ def schema() -> None:
     from flcore.config import ExperimentConfig
 
     click.echo(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
+
+
+#: what may change when a run is resumed: more rounds, and how it is watched
+RESUME_OVERRIDES = ("federation.rounds=", "logging.progress=", "evaluation.every=", "checkpoint.every=")
+
+
+def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[str, ...]) -> Path:
+    """The run's saved config, with the few overrides a resume accepts written back into it."""
+    from flcore.config import apply_overrides, config_to_dict, read_config_file, validate_config
+    from flcore.engine.rundir import RunDirectory
+    from flcore.errors import ConfigError
+
+    refused = [o for o in overrides if not o.startswith(RESUME_OVERRIDES)]
+    if config is not None or refused:
+        raise ConfigError(
+            "--resume continues a run with the config saved in its folder; give no CONFIG, and --set only "
+            f"{', '.join(k.rstrip('=') for k in RESUME_OVERRIDES)} (got {', '.join(refused) or config})."
+        )
+    saved = resume_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {resume_dir}: no config.yaml there; is it a flcore run folder?")
+    if overrides:
+        updated = validate_config(apply_overrides(read_config_file(saved), overrides), str(saved))
+        RunDirectory(resume_dir).write_config(config_to_dict(updated))
+    return saved
 
 
 def _model_counts(registry: Any, component: Any, dataset: str, mode: str | None, pairs: tuple[str, ...]) -> dict:

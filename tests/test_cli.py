@@ -80,9 +80,26 @@ def test_schema_is_json_schema_of_the_config():
     assert {"dataset", "model", "federation", "training"} <= set(schema["properties"])
 
 
-def test_resume_refuses_overrides(tmp_path):
+def test_resume_refuses_overrides_that_would_change_the_experiment(tmp_path):
     result = invoke("run", "--resume", str(tmp_path), "--set", "seed=1")
-    assert result.exit_code == 2 and "--resume" in result.output
+    assert result.exit_code == 2 and "--resume" in result.output and "seed=1" in result.output
+
+
+def test_resume_can_extend_a_run_to_more_rounds(tmp_path, tiny_config):
+    """3 rounds, then --resume with federation.rounds=5, equals 5 rounds straight."""
+    import torch
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    assert invoke("run", str(config), "--out", str(tmp_path / "short")).exit_code == 0
+    run_dir = next((tmp_path / "short").iterdir())
+    result = invoke("run", "--resume", str(run_dir), "--set", "federation.rounds=5")
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["federation"]["rounds"] == 5
+    assert invoke("run", str(config), "--set", "federation.rounds=5", "--out", str(tmp_path / "long")).exit_code == 0
+    a = torch.load(run_dir / "model.pt", weights_only=True)
+    b = torch.load(next((tmp_path / "long").iterdir()) / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_describe_model_counts_parameters_like_the_papers_table_3():
