@@ -77,7 +77,7 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_c
 
 def test_aggregators_with_per_agent_hooks_are_refused_by_the_distributed_backend():
     from flcore.aggregation import Aggregator
-    from flcore.engine.federated import _check_distributable
+    from flcore.engine.runtime import check_distributable
     from flcore.errors import ConfigError
 
     class KeepsAgentState(Aggregator):
@@ -85,5 +85,5 @@ def test_aggregators_with_per_agent_hooks_are_refused_by_the_distributed_backend
             pass
 
     with pytest.raises(ConfigError, match="'mine' keeps per-agent state in on_local_end"):
-        _check_distributable(KeepsAgentState(None), "mine")
-    _check_distributable(Aggregator(None), "plain")  # no hooks: accepted
+        check_distributable(KeepsAgentState(None), "mine")
+    check_distributable(Aggregator(None), "plain")  # no hooks: accepted

@@ -114,12 +114,12 @@ def test_non_finite_weights_are_a_failure(tmp_path, tiny_config):
 
 def test_batchnorm_buffers_are_sample_weighted_means():
     from flcore.aggregation import ClientUpdate
-    from flcore.engine.federated import _average_buffers
+    from flcore.engine.buffers import average_buffers
 
     a = {"bn.running_mean": torch.tensor([1.0, 2.0]), "bn.num_batches_tracked": torch.tensor(3)}
     b = {"bn.running_mean": torch.tensor([4.0, 8.0]), "bn.num_batches_tracked": torch.tensor(5)}
     updates = [ClientUpdate(0, torch.zeros(1), 10, buffers=a), ClientUpdate(1, torch.zeros(1), 30, buffers=b)]
-    out = _average_buffers({k: torch.zeros_like(v) for k, v in a.items()}, updates)
+    out = average_buffers({k: torch.zeros_like(v) for k, v in a.items()}, updates)
     torch.testing.assert_close(out["bn.running_mean"], torch.tensor([0.25 * 1 + 0.75 * 4, 0.25 * 2 + 0.75 * 8]))
     assert int(out["bn.num_batches_tracked"]) == 5
 

@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,11 +22,13 @@ from flcore.agents import AgentPopulation
 from flcore.aggregation import ClientUpdate
 from flcore.config import config_to_dict
 from flcore.engine import seeding
+from flcore.engine.buffers import average_buffers
 from flcore.engine.checkpoint import load_torch, save_torch
 from flcore.engine.evaluation import evaluate
 from flcore.engine.local import AgentFailure, LocalTrainer, diverged
 from flcore.engine.observers import build_loggers, build_profiler, memory_stats
-from flcore.engine.rundir import RunDirectory
+from flcore.engine.rundir import RunDirectory, partition_record
+from flcore.engine.runtime import build_fabric, check_distributable, single_device_fabric
 from flcore.errors import ConfigError, RunFailure
 from flcore.training import lr_factor
 
@@ -36,31 +38,6 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 1
 
 
-def build_fabric(runtime: Any, distributed: bool) -> Any:
-    """A Lightning Fabric for the configured accelerator and precision; for the distributed backend,
-    a DDP one whose other processes Lightning launches here (or torchrun/SLURM launched)."""
-    from lightning.fabric import Fabric
-
-    if runtime.matmul_precision:
-        torch.set_float32_matmul_precision(runtime.matmul_precision)
-    extra = {"strategy": "ddp", "num_nodes": runtime.num_nodes} if distributed else {}
-    try:
-        fabric = Fabric(accelerator=runtime.accelerator, devices=runtime.devices, precision=runtime.precision, **extra)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise ConfigError(
-            f"runtime (accelerator={runtime.accelerator!r}, devices={runtime.devices!r}, "
-            f"precision={runtime.precision!r}) cannot be used here: {exc}"
-        ) from None
-    if fabric.world_size > 1 and not distributed:
-        raise ConfigError(
-            f"runtime.devices = {runtime.devices!r}: the sequential and vectorized backends train on one device; "
-            "use devices: 1, or federation.backend: distributed to spread agents over devices."
-        )
-    if distributed:
-        fabric.launch()
-    return fabric
-
-
 @contextlib.contextmanager
 def _as_config_error(where: str, resolved: Any):
     """A component that rejects this experiment's data (a ValueError) is bad input, not a crash."""
@@ -68,27 +45,6 @@ def _as_config_error(where: str, resolved: Any):
         yield
     except ValueError as exc:
         raise ConfigError(f"{where} '{resolved.component.name}' cannot be used here: {exc}") from None
-
-
-def _check_distributable(aggregator: Any, name: str) -> None:
-    """Per-agent state that an aggregator keeps from its local hooks would live on one process only."""
-    from flcore.aggregation import Aggregator
-
-    hooks = [h for h in ("on_local_start", "on_local_end") if getattr(type(aggregator), h) is not getattr(Aggregator, h)]
-    if hooks:
-        raise ConfigError(
-            f"federation.aggregator '{name}' keeps per-agent state in {', '.join(hooks)}, which the distributed "
-            "backend would split across processes; use the sequential backend with it."
-        )
-
-
-def _single_device_fabric(fabric: Any, runtime: Any) -> Any:
-    """A Fabric on this process's device alone: local training must not be wrapped in DDP, whose
-    gradient all-reduce would tie together processes that train different agents."""
-    from lightning.fabric import Fabric
-    from lightning.fabric.strategies import SingleDeviceStrategy
-
-    return Fabric(strategy=SingleDeviceStrategy(device=fabric.device), precision=runtime.precision)
 
 
 class FederatedRun:
@@ -127,10 +83,10 @@ class FederatedRun:
         self.fabric = fabric
         self.exchange = exchange
         if exchange is not None:
-            _check_distributable(self.aggregator, parts["aggregator"].component.name)
+            check_distributable(self.aggregator, parts["aggregator"].component.name)
         self.is_main = fabric.global_rank == 0
         x, y = self.data.x_train, self.data.y_train
-        local_fabric = _single_device_fabric(fabric, config.runtime) if exchange is not None else fabric
+        local_fabric = single_device_fabric(fabric, config.runtime) if exchange is not None else fabric
         if self.fabric.device.type != "cpu":
             x, y = x.to(self.fabric.device), y.to(self.fabric.device)
         self.trainer = LocalTrainer(local_fabric, self.model, x, y, self.data.transform, self.seed)
@@ -185,7 +141,7 @@ class FederatedRun:
             if updates:
                 self.global_vector = self.aggregator.aggregate(self.global_vector, updates, r)
                 if federation.buffers == "weighted_mean":
-                    self.global_buffers = _average_buffers(self.global_buffers, updates)
+                    self.global_buffers = average_buffers(self.global_buffers, updates)
             for component in self.metadata:
                 component.on_round_end(self.population, r, updates)
 
@@ -370,33 +326,6 @@ class FederatedRun:
         }
         self.run_dir.write_json("summary.json", summary)
         return summary
-
-
-def _average_buffers(global_buffers: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
-    """Sample-weighted mean of floating buffers; integer counters take the largest value."""
-    if not global_buffers:
-        return global_buffers
-    total = float(sum(u.num_samples for u in updates))
-    out = {}
-    for name, value in global_buffers.items():
-        if value.is_floating_point():
-            acc = torch.zeros_like(value, dtype=torch.float64)
-            for u in updates:
-                acc += u.buffers[name].double() * (u.num_samples / total)
-            out[name] = acc.to(value.dtype)
-        else:
-            out[name] = torch.stack([u.buffers[name] for u in updates]).amax(dim=0)
-    return out
-
-
-def partition_record(partition: Any, labels: np.ndarray, num_classes: int, limit: int = 1000) -> dict[str, Any]:
-    """What partition.json holds: statistics, every agent's size, and labels per agent for the
-    first ``limit`` agents (enough for the report's chart, small for 100,000 agents)."""
-    record: dict[str, Any] = {"statistics": partition.statistics(labels, num_classes),
-                              "sizes": partition.sizes.tolist()}
-    if partition.num_agents <= limit and len(partition.indices):
-        record["label_counts"] = partition.label_counts(labels, num_classes).tolist()
-    return record
 
 
 def run_federated(

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import yaml
 
 from flcore.engine.checkpoint import write_json, write_text
@@ -83,3 +84,13 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of a CSV file written by :meth:`RunDirectory.write_csv`."""
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def partition_record(partition: Any, labels: np.ndarray, num_classes: int, limit: int = 1000) -> dict[str, Any]:
+    """What partition.json holds: statistics, every agent's size, and labels per agent for the
+    first ``limit`` agents (enough for the report's chart, small for 100,000 agents)."""
+    record: dict[str, Any] = {"statistics": partition.statistics(labels, num_classes),
+                              "sizes": partition.sizes.tolist()}
+    if partition.num_agents <= limit and len(partition.indices):
+        record["label_counts"] = partition.label_counts(labels, num_classes).tolist()
+    return record
