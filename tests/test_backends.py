@@ -16,7 +16,9 @@ def run(tmp_path, config, backend, name):
 
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.1},
                                        {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
-                                       {"name": "sgd", "lr": 0.05, "momentum": 0.5, "nesterov": True}])
+                                       {"name": "sgd", "lr": 0.05, "momentum": 0.5, "nesterov": True},
+                                       {"name": "adam", "lr": 0.003, "weight_decay": 1e-3},
+                                       {"name": "adamw", "lr": 0.003, "weight_decay": 1e-2, "betas": [0.8, 0.99]}])
 def test_vectorized_equals_sequential(tmp_path, tiny_config, optimizer):
     tiny_config["federation"].update(partitioner={"name": "quantity_skew", "sigma": 0.5}, rounds=3)
     tiny_config["training"] = {"epochs": 2, "batch_size": 16, "optimizer": optimizer}

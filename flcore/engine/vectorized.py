@@ -2,12 +2,13 @@
 
 Every agent's parameters are stacked along a leading dimension; one ``vmap`` of ``grad`` of a
 ``functional_call`` computes all agents' gradients for a step, and SGD (momentum, Nesterov, weight
-decay) updates the stack. Agents keep the batch order the sequential backend would give them (the
-same per-agent generators), shards of different sizes are padded and masked, and an agent whose
-epoch has ended is frozen until the others catch up, so the global model equals the sequential
-backend's up to float rounding.
+decay), Adam or AdamW updates the stack. Agents keep the batch order the sequential backend would
+give them (the same per-agent generators), shards of different sizes are padded and masked, and an
+agent whose epoch has ended is frozen until the others catch up, so the global model equals the
+sequential backend's up to float rounding.
 
-Supported: SGD, models without batch norm or dropout, aggregators without per-step local hooks.
+Supported: SGD, Adam and AdamW; models without batch norm, dropout or buffers; aggregators without
+local hooks.
 Anything else raises :class:`Unsupported`, and the engine falls back to ``sequential`` with a
 warning.
 """
@@ -15,7 +16,7 @@ warning.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,8 +34,8 @@ class Unsupported(Exception):
 
 def check_supported(model: nn.Module, training: TrainingConfig, aggregator: Aggregator) -> None:
     """Raise :class:`Unsupported` with the reason, if any."""
-    if training.optimizer.name != "sgd":
-        raise Unsupported(f"optimizer '{training.optimizer.name}' (only sgd is vectorized)")
+    if training.optimizer.name not in _OPTIMIZERS:
+        raise Unsupported(f"optimizer '{training.optimizer.name}' (vectorized: {', '.join(_OPTIMIZERS)})")
     hooks = ("on_local_start", "on_local_end")
     if aggregator.uses_local_hooks() or any(getattr(type(aggregator), h) is not getattr(Aggregator, h) for h in hooks):
         raise Unsupported(f"aggregator '{type(aggregator).__name__}' hooks into local training")
@@ -86,8 +87,7 @@ class VectorizedTrainer:
         chunks = torch.split(global_vector, [math.prod(s) for s in self.shapes])
         params = {n: c.view(s).unsqueeze(0).repeat(k, *([1] * len(s))).clone()
                   for n, c, s in zip(self.names, chunks, self.shapes)}
-        momentum = {n: torch.zeros_like(p) for n, p in params.items()} if opt.momentum else {}
-        has_momentum = torch.zeros(k, dtype=torch.bool, device=self.device)
+        optimizer = _OPTIMIZERS[opt.name](params, opt, k, self.device)
         shards = [torch.from_numpy(population.shard(a)) for a in agents]
         sizes = torch.tensor([len(s) for s in shards], device=self.device)
         if int(sizes.min()) == 0:
@@ -124,8 +124,7 @@ class VectorizedTrainer:
                 grads, (total, right) = step_grad(params, xb, yb, w)
                 loss_sum += total.double()
                 correct += right.double()
-                self._sgd_step(params, grads, momentum, has_momentum, active, opt, lr)
-                has_momentum |= active
+                optimizer.step(params, grads, active, lr)
                 steps_done += active.long()
             seen = weight.sum(dim=1).double().clamp_min(1)
             losses = loss_sum / seen
@@ -139,10 +138,19 @@ class VectorizedTrainer:
             updates.append(ClientUpdate(agent, local - global_vector, int(sizes[i]), {"loss": float(losses[i])}))
         return updates
 
-    @staticmethod
+
+class _StackedSGD:
+    """torch.optim.SGD's update for every agent at once, applied only where ``active``."""
+
+    def __init__(self, params: dict[str, torch.Tensor], opt: Any, k: int, device: torch.device) -> None:
+        self.opt = opt
+        self.momentum = {n: torch.zeros_like(p) for n, p in params.items()} if opt.momentum else {}
+        self.started = torch.zeros(k, dtype=torch.bool, device=device)
+
     @torch.no_grad()
-    def _sgd_step(params, grads, momentum, has_momentum, active, opt, lr) -> None:
-        """torch.optim.SGD's update, per agent, applied only where ``active``."""
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor,
+             lr: float) -> None:
+        opt = self.opt
         for name, p in params.items():
             shape = (-1,) + (1,) * (p.dim() - 1)
             mask = active.view(shape).to(p.dtype)
@@ -150,9 +158,49 @@ class VectorizedTrainer:
             if opt.weight_decay:
                 g = g + opt.weight_decay * p
             if opt.momentum:
-                buf = momentum[name]
-                first = (~has_momentum).view(shape).to(p.dtype)
+                buf = self.momentum[name]
+                first = (~self.started).view(shape).to(p.dtype)
                 new_buf = first * g + (1 - first) * (opt.momentum * buf + g)
                 buf.copy_(mask * new_buf + (1 - mask) * buf)
                 g = g + opt.momentum * buf if opt.nesterov else buf
             p.sub_(lr * mask * g)
+        self.started |= active
+
+
+class _StackedAdam:
+    """torch.optim.Adam's (or AdamW's, with decoupled weight decay) update, per agent, where ``active``."""
+
+    eps = 1e-8
+
+    def __init__(self, params: dict[str, torch.Tensor], opt: Any, k: int, device: torch.device) -> None:
+        self.opt = opt
+        self.decoupled = opt.name == "adamw"
+        self.m = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.v = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.steps = torch.zeros(k, device=device)
+
+    @torch.no_grad()
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], active: torch.Tensor,
+             lr: float) -> None:
+        beta1, beta2 = self.opt.betas
+        decay = self.opt.weight_decay
+        self.steps += active.to(self.steps.dtype)
+        steps = self.steps.clamp_min(1)
+        for name, p in params.items():
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            mask = active.view(shape).to(p.dtype)
+            g = grads[name]
+            if decay and self.decoupled:
+                p.mul_(1 - lr * decay * mask)
+            elif decay:
+                g = g + decay * p
+            m, v = self.m[name], self.v[name]
+            m.copy_(mask * (beta1 * m + (1 - beta1) * g) + (1 - mask) * m)
+            v.copy_(mask * (beta2 * v + (1 - beta2) * g * g) + (1 - mask) * v)
+            correction1 = (1 - beta1 ** steps).view(shape).to(p.dtype)
+            correction2 = (1 - beta2 ** steps).view(shape).to(p.dtype)
+            denominator = v.sqrt() / correction2.sqrt() + self.eps
+            p.sub_(mask * (lr / correction1) * m / denominator)
+
+
+_OPTIMIZERS = {"sgd": _StackedSGD, "adam": _StackedAdam, "adamw": _StackedAdam}
