@@ -140,19 +140,46 @@ def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_d
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @set_option
 @click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--like", "like_run", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Baseline of a federated run: its config, for as many passes over the data as its agents made.")
 @click.option("--progress/--no-progress", default=None)
 @strict_option
 @handle_errors
-def train(config: Path | None, overrides: tuple[str, ...], out_dir: Path, progress: bool | None,
-          strict: bool | None) -> None:
+def train(config: Path | None, overrides: tuple[str, ...], out_dir: Path, like_run: Path | None,
+          progress: bool | None, strict: bool | None) -> None:
     """Train CONFIG's model centrally on the whole dataset: the non-federated baseline."""
     from flcore.config import apply_overrides, default_config_data, read_config_file, validate_config, with_defaults
+    from flcore.errors import ConfigError
 
+    if like_run is not None:
+        if config is not None:
+            raise ConfigError("--like takes the config from the run folder; give no CONFIG with it.")
+        config = like_run / "config.yaml"
+        passes = _passes_of(like_run)
+        overrides = (f"training.epochs={max(1, round(passes))}", f"name={read_config_file(config).get('name', 'run')}-central",
+                     *overrides)
+        click.echo(f"{like_run.name}: its agents made {passes:.2f} passes over the training data; "
+                   f"training centrally for {max(1, round(passes))} epochs")
     data = default_config_data() if config is None else read_config_file(config)
     data = apply_overrides(with_defaults(data), overrides)
     data["federation"] = None
     experiment = _experiment(validate_config(data, str(config or "default config")), strict)
     _report(experiment.run(out_dir=out_dir, progress=progress))
+
+
+def _passes_of(run_dir: Path) -> float:
+    """Passes over the training split that a federated run's local training made, from its records."""
+    from flcore.config import read_config_file
+    from flcore.engine.rundir import read_csv
+    from flcore.errors import ConfigError
+
+    if not (run_dir / "sampling.csv").is_file():
+        raise ConfigError(f"--like {run_dir}: no sampling.csv there; is it a finished federated run folder?")
+    rows = read_csv(run_dir / "sampling.csv")
+    trained = sum(int(r["times_selected"]) * int(r["samples"]) for r in rows)
+    held = sum(int(r["samples"]) for r in rows)
+    epochs = (read_config_file(run_dir / "config.yaml").get("training") or {}).get("epochs", 1)
+    return trained * epochs / max(held, 1)
 
 
 @main.command()

@@ -110,3 +110,22 @@ def test_describe_model_counts_parameters_like_the_papers_table_3():
     result = invoke("describe", "model", "lenet5", "--dataset", "mnist")
     assert "trainable 61,706, frozen 0, total 61,706" in result.output
     assert invoke("describe", "aggregator", "fedavg", "--dataset", "mnist").exit_code == 2
+
+
+def test_train_like_a_federated_run_matches_its_passes_over_the_data(tmp_path, tiny_config):
+    from flcore.engine.rundir import read_csv
+
+    tiny_config["federation"].update(rounds=4, sampler={"name": "uniform", "count": 4})  # 4 x 4 of 8 agents
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    assert invoke("run", str(config), "--out", str(tmp_path / "fl")).exit_code == 0
+    run_dir = next((tmp_path / "fl").iterdir())
+    sampled = read_csv(run_dir / "sampling.csv")
+    passes = sum(int(r["times_selected"]) * int(r["samples"]) for r in sampled) / sum(int(r["samples"]) for r in sampled)
+    assert abs(passes - 2.0) < 0.01  # each round trains half of the agents once
+    result = invoke("train", "--like", str(run_dir), "--out", str(tmp_path / "central"), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"{passes:.2f} passes" in result.output
+    central = next((tmp_path / "central").iterdir())
+    assert central.name.startswith("tiny-central-")
+    assert [int(r["epoch"]) for r in read_csv(central / "metrics.csv")] == [1, 2]
