@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from flcore.config import ExperimentConfig, validate_config
 from flcore.errors import ConfigError
@@ -31,6 +32,15 @@ class Resolved:
     def build(self, *args: Any) -> Any:
         """Construct it as ``target(params, *args)``."""
         return self.component.load()(self.params, *args)
+
+    @contextlib.contextmanager
+    def rejecting(self) -> Iterator[None]:
+        """Turn a ValueError raised inside (the component rejecting this experiment's data) into a
+        ConfigError naming the config section: bad input, not a crash."""
+        try:
+            yield
+        except ValueError as exc:
+            raise ConfigError(f"{self.where} '{self.component.name}' cannot be used here: {exc}") from None
 
 
 @dataclass

@@ -16,7 +16,6 @@ from flcore.engine.checkpoint import save_torch
 from flcore.engine.evaluation import evaluate
 from flcore.engine.observers import build_loggers, build_profiler
 from flcore.engine.rundir import RunDirectory
-from flcore.errors import ConfigError
 
 if TYPE_CHECKING:
     from flcore.experiment import Experiment, RunResult
@@ -32,10 +31,8 @@ def run_centralized(experiment: Experiment, out_dir: str | Path, progress: bool 
     started = time.perf_counter()
     data = experiment.components["dataset"].build()
     seeding.seed_torch(config.seed, seeding.INIT)
-    try:
+    with experiment.components["model"].rejecting():
         model = experiment.components["model"].build(data.spec)
-    except ValueError as exc:
-        raise ConfigError(f"model '{config.model.name}' cannot be used here: {exc}") from None
     model.configure_training(config.training)
     run_dir = RunDirectory.create(out_dir, config.name)  # only once the experiment can start
     run_dir.write_config(config_to_dict(config))

@@ -7,7 +7,6 @@ that was never interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sys
 import time
@@ -38,15 +37,6 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 1
 
 
-@contextlib.contextmanager
-def _as_config_error(where: str, resolved: Any):
-    """A component that rejects this experiment's data (a ValueError) is bad input, not a crash."""
-    try:
-        yield
-    except ValueError as exc:
-        raise ConfigError(f"{where} '{resolved.component.name}' cannot be used here: {exc}") from None
-
-
 class FederatedRun:
     """The state of one federated run, built from an :class:`~flcore.experiment.Experiment`."""
 
@@ -61,10 +51,10 @@ class FederatedRun:
 
         self.data = parts["dataset"].build()
         seeding.seed_torch(self.seed, seeding.INIT)
-        with _as_config_error("model", parts["model"]):
+        with parts["model"].rejecting():
             self.model = parts["model"].build(self.data.spec)
         partitioner = parts["partitioner"].build()
-        with _as_config_error("federation.partitioner", parts["partitioner"]):
+        with parts["partitioner"].rejecting():
             self.partition = partitioner.split(
                 self.data.train_labels, self.federation.agents, seeding.numpy_rng(self.seed, seeding.PARTITION),
                 self.data.groups,
