@@ -174,8 +174,8 @@ class FederatedRun:
             results: list[ClientUpdate | AgentFailure] = []
             for update in batch:
                 loss = update.metrics["loss"]
-                results.append(AgentFailure(update.agent_id, r, f"local training produced non-finite weights (loss {loss})")
-                               if diverged(loss, update.delta) else update)
+                results.append(AgentFailure.non_finite(update.agent_id, r, loss) if diverged(loss, update.delta)
+                               else update)
         else:
             results = []
             mine = self.exchange.mine(agents) if self.exchange else agents

@@ -47,6 +47,11 @@ class AgentFailure(Exception):
     def __str__(self) -> str:
         return f"agent {self.agent_id} failed in round {self.round_index}: {self.reason}"
 
+    @classmethod
+    def non_finite(cls, agent_id: int, round_index: int, loss: float) -> AgentFailure:
+        """The failure of an agent whose loss or weights are NaN or infinite."""
+        return cls(agent_id, round_index, f"local training produced non-finite weights (loss {loss})")
+
 
 class LocalTrainer:
     """Trains agents one after another on a single model and device."""
@@ -155,7 +160,7 @@ class LocalTrainer:
                 break
         delta = flatten(self.params) - global_vector
         if diverged(loss_value, delta):
-            raise AgentFailure(agent_id, round_index, f"local training produced non-finite weights (loss {loss_value})")
+            raise AgentFailure.non_finite(agent_id, round_index, loss_value)
         update = ClientUpdate(agent_id, delta, n, {"loss": loss_value}, self.buffer_state())
         aggregator.on_local_end(context, update)
         return update
