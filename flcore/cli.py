@@ -155,21 +155,22 @@ def train(config: Path | None, overrides: tuple[str, ...], out_dir: Path, like_r
         if config is not None:
             raise ConfigError("--like takes the config from the run folder; give no CONFIG with it.")
         config = like_run / "config.yaml"
-        passes = _passes_of(like_run)
-        overrides = (f"training.epochs={max(1, round(passes))}", f"name={read_config_file(config).get('name', 'run')}-central",
-                     *overrides)
+        data = read_config_file(config)
+        passes = _passes_of(like_run, (data.get("training") or {}).get("epochs", 1))
+        epochs = max(1, round(passes))
+        overrides = (f"training.epochs={epochs}", f"name={data.get('name', 'run')}-central", *overrides)
         click.echo(f"{like_run.name}: its agents made {passes:.2f} passes over the training data; "
-                   f"training centrally for {max(1, round(passes))} epochs")
-    data = default_config_data() if config is None else read_config_file(config)
+                   f"training centrally for {epochs} epochs")
+    else:
+        data = default_config_data() if config is None else read_config_file(config)
     data = apply_overrides(with_defaults(data), overrides)
     data["federation"] = None
     experiment = _experiment(validate_config(data, str(config or "default config")), strict)
     _report(experiment.run(out_dir=out_dir, progress=progress))
 
 
-def _passes_of(run_dir: Path) -> float:
+def _passes_of(run_dir: Path, local_epochs: int) -> float:
     """Passes over the training split that a federated run's local training made, from its records."""
-    from flcore.config import read_config_file
     from flcore.engine.rundir import read_csv
     from flcore.errors import ConfigError
 
@@ -178,8 +179,7 @@ def _passes_of(run_dir: Path) -> float:
     rows = read_csv(run_dir / "sampling.csv")
     trained = sum(int(r["times_selected"]) * int(r["samples"]) for r in rows)
     held = sum(int(r["samples"]) for r in rows)
-    epochs = (read_config_file(run_dir / "config.yaml").get("training") or {}).get("epochs", 1)
-    return trained * epochs / max(held, 1)
+    return trained * local_epochs / max(held, 1)
 
 
 @main.command()
