@@ -2,7 +2,7 @@
 
 Every section forbids unknown keys. A component section (dataset, model, partitioner, sampler,
 aggregator) is ``{name: ..., <parameter>: ...}`` or just the name; its parameters are validated by the
-component's own model when the experiment is built (:func:`flcore.params.build_component`).
+component's own model when the experiment is built (:func:`flcore.experiment.resolve_components`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parameter models of components, and building a component from its config section.
+"""Parameter models of components, and validating a config section against one.
 
 Each component declares ``Params``, a subclass of :class:`ComponentParams`: unknown keys are errors,
 so a typo in a config names the plugin, the field and what the plugin accepts.
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from flcore.errors import ConfigError
 
 if TYPE_CHECKING:
-    from flcore.registry import Component, Registry
+    from flcore.registry import Component
 
 
 class ComponentParams(BaseModel):
@@ -67,10 +67,3 @@ def validate_params(component: Component, params: Mapping[str, Any], where: str)
         raise ConfigError(
             format_validation_error(exc, where, f"parameters for {owner}") + f" Parameters it accepts: {accepted}."
         ) from None
-
-
-def build_component(registry: Registry, kind: str, spec: Any, where: str, *args: Any) -> Any:
-    """Resolve ``spec.name``, validate its parameters, and construct it as ``target(params, *args)``."""
-    component = registry.resolve(kind, spec.name)
-    params = validate_params(component, spec.params, where)
-    return component.load()(params, *args)
