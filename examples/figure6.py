@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from flcore.engine import seeding
+from flcore import seeding
 from flcore.plots import save_label_distributions
 from flcore.registry import discover
 

@@ -1,28 +1,29 @@
-"""Agents: light records (id, shard, metadata) held as columns, not as objects or models.
+"""Agents: light records (id, shard, per-agent state) held as columns, not as objects or models.
 
-Only the agents being trained hold model state, and only while they train. Metadata fields come from
-plugins through the ``register_agent_metadata`` hook; a field with a NumPy ``dtype`` is a column over
-all agents, one without is a sparse mapping from agent id to any object (a tensor of control
-variates, say). Both persist across rounds and are checkpointed.
+Only the agents being trained hold model state, and only while they train. Per-agent state is
+declared by the run's components (:meth:`flcore.protocol.RoundComponent.state_fields`): a field
+with a NumPy ``dtype`` is a column over all agents, one without is a sparse mapping from agent id to
+any object (a tensor of control variates, say).
+
+Every write goes through :meth:`AgentPopulation.set` or :meth:`AgentPopulation.update` (columns are
+read-only views), so the population knows which agents changed since the last checkpoint: a
+checkpoint stores those rows only, and its cost follows the agents a round touched, not the
+population's size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
-from flcore.params import ComponentParams, NoParams
 from flcore.partition import Partition
-
-if TYPE_CHECKING:
-    from flcore.aggregation import ClientUpdate
 
 
 @dataclass(frozen=True)
 class AgentField:
-    """One metadata field: a column when ``dtype`` is given, else a sparse per-agent mapping."""
+    """One per-agent field: a column when ``dtype`` is given, else a sparse per-agent mapping."""
 
     name: str
     default: Any = None
@@ -30,75 +31,177 @@ class AgentField:
     description: str = ""
 
 
-class AgentMetadata:
-    """A metadata component: declares fields and updates them after each round."""
-
-    Params: type[ComponentParams] = NoParams
-
-    def __init__(self, params: ComponentParams) -> None:
-        self.params = params
-
-    def fields(self) -> Sequence[AgentField]:
-        """The fields this component adds to every agent."""
-        return ()
-
-    def on_round_end(self, population: AgentPopulation, round_index: int, updates: Sequence[ClientUpdate]) -> None:
-        """Update the fields from the round's accepted updates."""
-
-
 class AgentPopulation:
-    """Every registered agent: shards as a :class:`Partition`, metadata as columns."""
+    """Every registered agent: shards as a :class:`Partition`, per-agent state as fields."""
 
     def __init__(self, partition: Partition, fields: Iterable[AgentField] = ()) -> None:
         self.partition = partition
         self.num_samples = partition.sizes
-        self.columns: dict[str, np.ndarray] = {}
-        self.objects: dict[str, dict[int, Any]] = {}
-        self._defaults: dict[str, Any] = {}
-        for field in fields:
-            self.add_field(field)
+        self._columns: dict[str, np.ndarray] = {}
+        self._objects: dict[str, dict[int, Any]] = {}
+        self._fields: dict[str, AgentField] = {}
+        self._dirty: dict[str, list[np.ndarray]] = {}
+        for f in fields:
+            self.add_field(f)
 
     def __len__(self) -> int:
         return self.partition.num_agents
 
+    # ------------------------------------------------------------------------------------ fields
     def add_field(self, field: AgentField) -> None:
-        """Add a metadata field; two components declaring the same name is an error."""
-        if field.name in self._defaults:
-            raise ValueError(f"agent metadata field '{field.name}' is declared twice")
-        self._defaults[field.name] = field.default
+        """Add a per-agent field; two components declaring one name with different meanings is an
+        error, the same declaration twice is one field."""
+        known = self._fields.get(field.name)
+        if known is not None:
+            if (known.dtype, _same(known.default, field.default)) != (field.dtype, True):
+                raise ValueError(f"agent field '{field.name}' is declared twice, differently: {known} and {field}")
+            return
+        self._fields[field.name] = field
         if field.dtype is not None:
-            self.columns[field.name] = np.full(len(self), field.default, dtype=field.dtype)
+            column = np.full(len(self), field.default, dtype=field.dtype)
+            column.flags.writeable = False
+            self._columns[field.name] = column
         else:
-            self.objects[field.name] = {}
+            self._objects[field.name] = {}
+        self._dirty[field.name] = []
 
+    def field_names(self) -> list[str]:
+        """Every declared field, in declaration order."""
+        return list(self._fields)
+
+    def fields(self) -> list[AgentField]:
+        """Every declared field."""
+        return list(self._fields.values())
+
+    def has_field(self, name: str) -> bool:
+        return name in self._fields
+
+    def check_field(self, name: str) -> None:
+        """Raise ``KeyError`` naming the known fields if ``name`` was not declared."""
+        if name not in self._fields:
+            raise KeyError(f"unknown agent field '{name}'; the run's components declare: "
+                           f"{', '.join(self._fields) or 'none'}")
+
+    # ------------------------------------------------------------------------------------ reads
     def shard(self, agent: int) -> np.ndarray:
         """The training-sample indices the agent holds."""
         return self.partition.shard(agent)
 
+    def column(self, name: str) -> np.ndarray:
+        """A column field over all agents, read-only (write with :meth:`set` or :meth:`update`)."""
+        self.check_field(name)
+        if name not in self._columns:
+            raise KeyError(f"agent field '{name}' is sparse (no dtype); read it with get()")
+        return self._columns[name]
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column field, read-only."""
+        return dict(self._columns)
+
     def get(self, name: str, agent: int) -> Any:
-        """One agent's value of a metadata field."""
-        if name in self.columns:
-            return self.columns[name][agent]
-        if name in self.objects:
-            return self.objects[name].get(int(agent), self._defaults[name])
-        raise KeyError(f"unknown agent metadata field '{name}'; known: {sorted(self._defaults)}")
+        """One agent's value of a field."""
+        self.check_field(name)
+        if name in self._columns:
+            return self._columns[name][agent]
+        return self._objects[name].get(int(agent), self._fields[name].default)
 
+    def sparse_items(self, name: str) -> dict[int, Any]:
+        """The agents that hold a value of a sparse field, and their values (a copy)."""
+        self.check_field(name)
+        return dict(self._objects[name])
+
+    # ------------------------------------------------------------------------------------ writes
     def set(self, name: str, agent: int, value: Any) -> None:
-        """Set one agent's value of a metadata field."""
-        if name in self.columns:
-            self.columns[name][agent] = value
-        elif name in self.objects:
-            self.objects[name][int(agent)] = value
+        """Set one agent's value of a field."""
+        self.check_field(name)
+        agent = int(agent)
+        if name in self._columns:
+            self._writable(name)[agent] = value
+            self._columns[name].flags.writeable = False
         else:
-            raise KeyError(f"unknown agent metadata field '{name}'; known: {sorted(self._defaults)}")
+            self._objects[name][agent] = value
+        self._dirty[name].append(np.array([agent], dtype=np.int64))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"columns": {k: v.copy() for k, v in self.columns.items()}, "objects": self.objects}
+    def update(self, name: str, agents: np.ndarray, values: Any) -> None:
+        """Set a column field for several agents at once (``values`` broadcasts)."""
+        self.check_field(name)
+        if name not in self._columns:
+            for agent, value in zip(np.asarray(agents).tolist(), values):
+                self.set(name, agent, value)
+            return
+        agents = np.asarray(agents, dtype=np.int64)
+        self._writable(name)[agents] = values
+        self._columns[name].flags.writeable = False
+        self._dirty[name].append(agents.copy())
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, column in state["columns"].items():
-            if name in self.columns:
-                self.columns[name] = np.asarray(column).copy()
-        for name, values in state["objects"].items():
-            if name in self.objects:
-                self.objects[name] = dict(values)
+    def _writable(self, name: str) -> np.ndarray:
+        column = self._columns[name]
+        column.flags.writeable = True
+        return column
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def changes(self) -> dict[str, dict[str, Any]]:
+        """The rows written since :meth:`mark_saved`, per field: ``{"agents": ids, "values": ...}``
+        (an array for a column, a list for a sparse field)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, pieces in self._dirty.items():
+            if not pieces:
+                continue
+            agents = np.unique(np.concatenate(pieces))
+            if name in self._columns:
+                values: Any = self._columns[name][agents].copy()
+            else:
+                values = [self._objects[name].get(int(a), self._fields[name].default) for a in agents.tolist()]
+            out[name] = {"agents": agents, "values": values}
+        return out
+
+    def changed_rows(self) -> int:
+        """How many (field, agent) rows :meth:`changes` would return, without building them."""
+        return sum(len(np.unique(np.concatenate(p))) for p in self._dirty.values() if p)
+
+    def mark_saved(self) -> None:
+        """Forget the changes: they are in a checkpoint now."""
+        for pieces in self._dirty.values():
+            pieces.clear()
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every field in full (a checkpoint's base), in the shape of :meth:`changes`."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self._fields:
+            if name in self._columns:
+                out[name] = {"agents": None, "values": self._columns[name].copy()}
+            else:
+                items = sorted(self._objects[name].items())
+                out[name] = {"agents": np.array([a for a, _ in items], dtype=np.int64),
+                             "values": [v for _, v in items]}
+        return out
+
+    def apply(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Write rows from :meth:`snapshot` or :meth:`changes` back (restoring a checkpoint);
+        fields this run does not declare are ignored. Applied rows are not marked as changes."""
+        for name, row in rows.items():
+            if name not in self._fields:
+                continue
+            agents, values = row["agents"], row["values"]
+            if name in self._columns:
+                column = self._writable(name)
+                if agents is None:
+                    if len(values) != len(column):
+                        raise ValueError(f"agent field '{name}' holds {len(values)} agents, the run has {len(column)}")
+                    column[:] = np.asarray(values)
+                else:
+                    column[np.asarray(agents)] = np.asarray(values)
+                column.flags.writeable = False
+            else:
+                if agents is None:
+                    raise ValueError(f"agent field '{name}' is sparse but was stored as a column")
+                for agent, value in zip(np.asarray(agents).tolist(), values):
+                    self._objects[name][int(agent)] = value
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN defaults compare equal here
+    except Exception:  # tensors and other objects: same only when identical
+        return a is b

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import click
 
 from flcore import __version__
+from flcore.kinds import kind_names
 
 
 def _fail(message: str, code: int) -> None:
@@ -70,7 +71,7 @@ def main(debug: bool) -> None:
 
 
 @main.command("list-plugins")
-@click.option("--kind", type=click.Choice(["dataset", "partitioner", "model", "sampler", "aggregator", "agent_metadata"]))
+@click.option("--kind", type=click.Choice(kind_names()))
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON shape documented in docs/cli.md.")
 @strict_option
 @handle_errors
@@ -198,7 +199,7 @@ def validate(config: Path, overrides: tuple[str, ...], strict: bool | None) -> N
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["dataset", "partitioner", "model", "sampler", "aggregator", "agent_metadata"]))
+@click.argument("kind", type=click.Choice(kind_names()))
 @click.argument("name")
 @click.option("--dataset", help="model: count parameters for this dataset's inputs and classes.")
 @click.option("--mode", type=click.Choice(["scratch", "finetune", "feature_extract"]),
@@ -253,7 +254,7 @@ def partition(config: Path | None, overrides: tuple[str, ...], plot_file: Path |
               strict: bool | None) -> None:
     """Split CONFIG's dataset among its agents and show how labels are spread."""
     from flcore.config import load_config
-    from flcore.engine import seeding
+    from flcore import seeding
     from flcore.errors import ConfigError
 
     experiment = _experiment(load_config(config, overrides), strict)
@@ -313,21 +314,19 @@ def schema() -> None:
     click.echo(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
 
 
-#: what may change when a run is resumed: more rounds, and how it is watched
-RESUME_OVERRIDES = ("federation.rounds=", "logging.progress=", "evaluation.every=", "checkpoint.every=")
 
 
 def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[str, ...]) -> Path:
     """The run's saved config, with the few overrides a resume accepts written back into it."""
-    from flcore.config import apply_overrides, config_to_dict, read_config_file, validate_config
+    from flcore.config import RESUMABLE_FIELDS, apply_overrides, config_to_dict, read_config_file, validate_config
     from flcore.engine.rundir import RunDirectory
     from flcore.errors import ConfigError
 
-    refused = [o for o in overrides if not o.startswith(RESUME_OVERRIDES)]
+    refused = [o for o in overrides if o.partition("=")[0].strip() not in RESUMABLE_FIELDS]
     if config is not None or refused:
         raise ConfigError(
             "--resume continues a run with the config saved in its folder; give no CONFIG, and --set only "
-            f"{', '.join(k.rstrip('=') for k in RESUME_OVERRIDES)} (got {', '.join(refused) or config})."
+            f"{', '.join(RESUMABLE_FIELDS)} (got {', '.join(refused) or config})."
         )
     saved = resume_dir / "config.yaml"
     if not saved.is_file():
@@ -341,7 +340,7 @@ def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[st
 def _model_counts(registry: Any, component: Any, dataset: str, mode: str | None, pairs: tuple[str, ...]) -> dict:
     """Build the model for a dataset's inputs (without loading the dataset when it can say its shape)."""
     from flcore.config import apply_overrides
-    from flcore.params import validate_params
+    from flcore.resolve import validate_params
 
     data_component = registry.resolve("dataset", dataset)
     data_params = validate_params(data_component, {}, "dataset")

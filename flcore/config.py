@@ -88,17 +88,27 @@ class FederationConfig(_Section):
                                    description="Which agents train each round.")
     aggregator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="fedavg"),
                                       description="How updates become the next global model.")
-    agent_metadata: list[ComponentSpec] | None = Field(
-        None, description="Agent metadata components to enable; None enables every installed one."
-    )
-    backend: Literal["sequential", "vectorized", "distributed"] = Field(
-        "sequential",
-        description="sequential: one reused model; vectorized: a round's agents at once with torch.func; "
-        "distributed: agents spread over processes (runtime.devices, runtime.num_nodes).",
+    agent_plugins: list[ComponentSpec] = Field(
+        default_factory=list, description="Agent-side plugins, in the order they act on local training; the "
+        "aggregator's required ones (fedprox: proximal) come first unless listed here.")
+    server_plugins: list[ComponentSpec] = Field(
+        default_factory=list, description="Server-side plugins around the aggregator: updates pass through them in "
+        "this order before it, the aggregate in reverse order after it.")
+    agent_metadata: list[ComponentSpec] = Field(
+        default_factory=list, description="Agent metadata components to enable, beyond those the run's components "
+        "require (power_of_choice requires participation).")
+    backend: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="sequential"),
+        description="How a round's agents are trained: sequential (one reused model), vectorized (the round's "
+        "agents at once with torch.func), distributed (agents spread over processes: runtime.devices, "
+        "runtime.num_nodes), or a plugin's.",
     )
     on_agent_failure: Literal["fail", "skip"] = Field(
-        "fail", description="An agent that raises or returns non-finite weights: fail or skip it."
+        "fail", description="An agent that raises or returns non-finite weights: fail the run, or skip its update."
     )
+    stall_rounds: int = Field(
+        3, gt=0, description="The run fails (exit code 1) after this many consecutive rounds in which no update was "
+        "accepted (every selected agent skipped or dropped).")
     buffers: Literal["weighted_mean", "global"] = Field(
         "weighted_mean",
         description="Floating buffers (BatchNorm statistics): sample-weighted mean of the agents', "
@@ -137,7 +147,9 @@ class LoggingConfig(_Section):
                                       "keyword arguments beside the name.")
     profiler: Literal["simple", "advanced", "pytorch"] | None = Field(
         "simple", description="Lightning profiler timing each phase of a round; null for none.")
-    progress: Literal["auto", "on", "off"] = Field("auto", description="Progress bar over rounds; auto: on a terminal.")
+    progress: Literal["auto", "bar", "lines", "on", "off"] = Field(
+        "auto", description="Progress over rounds: a bar, or a line on stderr at most every 10 s (for batch jobs); "
+        "auto: a bar on a terminal, lines elsewhere; on means bar; off: silent.")
     agent_metrics: bool = Field(True, description="Log each agent's local metrics every round.")
 
 
@@ -164,6 +176,9 @@ class ExperimentConfig(_Section):
 
 
 DEFAULT_CONFIG_NAME = "default.yaml"
+
+#: the fields `flcore run --resume DIR --set ...` may change: more rounds, and how the run is watched
+RESUMABLE_FIELDS = ("federation.rounds", "logging.progress", "evaluation.every", "checkpoint.every")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -10,76 +10,16 @@
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from flcore.config import ExperimentConfig, validate_config
+from flcore.engine.result import RunResult
 from flcore.errors import ConfigError
-from flcore.params import ComponentParams, validate_params
-from flcore.registry import Component, Registry, discover
+from flcore.registry import Registry, discover
+from flcore.resolve import Resolved, resolve_components
 
-
-@dataclass(frozen=True)
-class Resolved:
-    """A component chosen by a config section, with its validated parameters."""
-
-    component: Component
-    params: ComponentParams
-    where: str
-
-    def build(self, *args: Any) -> Any:
-        """Construct it as ``target(params, *args)``."""
-        return self.component.load()(self.params, *args)
-
-    @contextlib.contextmanager
-    def rejecting(self) -> Iterator[None]:
-        """Turn a ValueError raised inside (the component rejecting this experiment's data) into a
-        ConfigError naming the config section: bad input, not a crash."""
-        try:
-            yield
-        except ValueError as exc:
-            raise ConfigError(f"{self.where} '{self.component.name}' cannot be used here: {exc}") from None
-
-
-@dataclass
-class RunResult:
-    """What a finished run produced."""
-
-    run_dir: Path
-    history: list[dict[str, Any]]
-    final: dict[str, Any]
-    state_dict: dict[str, Any] = field(repr=False, default_factory=dict)
-    rank: int = 0  # the process's rank under the distributed backend; only rank 0 writes
-
-
-def resolve_components(config: ExperimentConfig, registry: Registry) -> dict[str, Any]:
-    """Resolve every component the config names and validate its parameters.
-
-    Raises :class:`flcore.errors.PluginError` or :class:`flcore.errors.ConfigError` before any work.
-    """
-    sections = {"dataset": ("dataset", config.dataset), "model": ("model", config.model)}
-    federation = config.federation
-    if federation is not None:
-        sections["partitioner"] = ("federation.partitioner", federation.partitioner)
-        sections["sampler"] = ("federation.sampler", federation.sampler)
-        sections["aggregator"] = ("federation.aggregator", federation.aggregator)
-    resolved: dict[str, Any] = {}
-    for kind, (where, spec) in sections.items():
-        component = registry.resolve(kind, spec.name)
-        resolved[kind] = Resolved(component, validate_params(component, spec.params, where), where)
-    if federation is not None:
-        if federation.agent_metadata is None:
-            specs = [(c.qualified_name, {}) for c in registry.all("agent_metadata")]
-        else:
-            specs = [(s.name, s.params) for s in federation.agent_metadata]
-        resolved["agent_metadata"] = []
-        for index, (name, params) in enumerate(specs):
-            component = registry.resolve("agent_metadata", name)
-            where = f"federation.agent_metadata[{index}]"
-            resolved["agent_metadata"].append(Resolved(component, validate_params(component, params, where), where))
-    return resolved
+__all__ = ["Experiment", "Resolved", "RunResult", "resolve_components"]
 
 
 class Experiment:
@@ -110,12 +50,13 @@ class Experiment:
         if self.federated:
             from flcore.engine.federated import run_federated
 
-            return run_federated(self, out_dir, resume_dir, progress, stop_after_rounds)
+            return run_federated(self.config, self.components, self.provenance(), out_dir, resume_dir, progress,
+                                 stop_after_rounds)
         if resume_dir is not None:
             raise ConfigError("--resume applies to federated runs; this config has no 'federation' section.")
         from flcore.engine.centralized import run_centralized
 
-        return run_centralized(self, out_dir, progress)
+        return run_centralized(self.config, self.components, self.provenance(), out_dir, progress)
 
     def provenance(self) -> dict[str, Any]:
         """Installed plugin distributions and the components this experiment uses."""

@@ -13,7 +13,8 @@ Each hook receives a ``register`` callback and calls it once per component::
 registration stays cheap), and a one-line description shown by ``flcore list-plugins``. The target is
 a class or factory with a ``Params`` attribute: the pydantic model of its parameters.
 
-Hooks evolve by gaining arguments, never by renaming.
+Hooks evolve by gaining arguments, never by renaming. The kinds they register are listed once, in
+:mod:`flcore.kinds`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def register_datasets(register):
 
 @hookspec
 def register_partitioners(register):
-    """Register partitioners: split a dataset's training labels into agents' shards."""
+    """Register partitioners: subclasses of :class:`flcore.partition.Partitioner`."""
 
 
 @hookspec
@@ -41,14 +42,29 @@ def register_models(register):
 
 @hookspec
 def register_samplers(register):
-    """Register samplers: choose the agents that train in a round."""
+    """Register samplers: subclasses of :class:`flcore.sampling.Sampler`."""
 
 
 @hookspec
 def register_aggregators(register):
-    """Register aggregators: combine agents' updates into the next global model."""
+    """Register aggregators (server strategies): subclasses of :class:`flcore.aggregation.Aggregator`."""
+
+
+@hookspec
+def register_agent_plugins(register):
+    """Register agent-side plugins: subclasses of :class:`flcore.agent_plugin.AgentPlugin`."""
+
+
+@hookspec
+def register_server_plugins(register):
+    """Register server-side plugins: subclasses of :class:`flcore.server_plugin.ServerPlugin`."""
+
+
+@hookspec
+def register_backends(register):
+    """Register execution backends: subclasses of :class:`flcore.backend.Backend`."""
 
 
 @hookspec
 def register_agent_metadata(register):
-    """Register agent metadata fields: per-agent state kept across rounds and checkpointed."""
+    """Register agent metadata: subclasses of :class:`flcore.metadata.AgentMetadata`."""

@@ -6,14 +6,9 @@ so a typo in a config names the plugin, the field and what the plugin accepts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-
-from flcore.errors import ConfigError
-
-if TYPE_CHECKING:
-    from flcore.registry import Component
 
 
 class ComponentParams(BaseModel):
@@ -54,16 +49,3 @@ def format_validation_error(exc: ValidationError, where: str, subject: str) -> s
         else:
             parts.append(f"'{field_path}' = {error.get('input')!r}: {error['msg']}")
     return f"invalid {subject}: " + "; ".join(parts) + "."
-
-
-def validate_params(component: Component, params: Mapping[str, Any], where: str) -> ComponentParams:
-    """Validate a config section against the component's own parameter model."""
-    model = component.params_model()
-    try:
-        return model.model_validate(dict(params))
-    except ValidationError as exc:
-        accepted = ", ".join(model.model_fields) or "none"
-        owner = f"{component.kind} '{component.name}' (from {component.provider} {component.version})"
-        raise ConfigError(
-            format_validation_error(exc, where, f"parameters for {owner}") + f" Parameters it accepts: {accepted}."
-        ) from None

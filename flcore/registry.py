@@ -25,18 +25,13 @@ import pluggy
 
 from flcore import hookspecs
 from flcore.errors import PluginError
+from flcore.kinds import HOOKS
+from flcore.params import params_model_of
 
 ENTRY_POINT_GROUP = "flcore"
 
-#: Component kinds and the hook that registers each.
-KINDS: dict[str, str] = {
-    "dataset": "register_datasets",
-    "partitioner": "register_partitioners",
-    "model": "register_models",
-    "sampler": "register_samplers",
-    "aggregator": "register_aggregators",
-    "agent_metadata": "register_agent_metadata",
-}
+#: Component kinds and the hook that registers each (defined once, in flcore.kinds).
+KINDS: dict[str, str] = HOOKS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -81,8 +76,6 @@ class Component:
 
     def params_model(self) -> type:
         """The pydantic model of the component's parameters (an empty one if it declares none)."""
-        from flcore.params import params_model_of
-
         return params_model_of(self.load())
 
 
@@ -169,10 +162,15 @@ class Registry:
         manager.add_hookspecs(hookspecs)
         staged: list[Component] = []
         try:
+            _check_hook_names(plugin)
             manager.register(plugin, name=plugin_name)
+            manager.check_pending()  # a hook implementation that matches no specification
             for kind, hook_name in KINDS.items():
                 for impl in getattr(manager.hook, hook_name).get_hookimpls():
                     impl.function(register=self._register_callback(kind, staged, plugin_name, provider, version))
+            if not staged:
+                raise PluginError("it registered no component: does it implement a register_* hook with "
+                                  "@flcore.hookimpl?")
         except Exception as exc:  # isolation: a plugin failing to register must not stop the others
             self.failures.append(PluginFailure(plugin_name, provider, version, f"{type(exc).__name__}: {exc}"))
             return
@@ -192,6 +190,22 @@ class Registry:
             staged.append(Component(kind, name, target, description, provider, version, plugin))
 
         return register
+
+
+def _check_hook_names(plugin: object) -> None:
+    """Refuse ``register_*`` attributes that are not flcore hook implementations: a misspelled hook
+    (``register_aggregator``) or a hook without ``@hookimpl`` would otherwise be ignored silently."""
+    hookimpl_marker = f"{hookspecs.hookimpl.project_name}_impl"
+    for name in dir(plugin):
+        if not name.startswith("register_") or not callable(getattr(plugin, name, None)):
+            continue
+        function = getattr(plugin, name)
+        if name not in KINDS.values():
+            close = difflib.get_close_matches(name, list(KINDS.values()), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; flcore's hooks are {', '.join(KINDS.values())}"
+            raise PluginError(f"'{name}' is not an flcore hook{hint}")
+        if not hasattr(function, hookimpl_marker):
+            raise PluginError(f"'{name}' is not marked with @flcore.hookimpl, so flcore would never call it")
 
 
 def _env_list(variable: str) -> set[str]:

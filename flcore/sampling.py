@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from flcore.agents import AgentPopulation
-from flcore.params import ComponentParams, NoParams
+from flcore.protocol import RoundComponent
 
 
-class Sampler:
-    """Chooses agents each round.
+class Sampler(RoundComponent):
+    """Chooses agents each round, among the available ones.
 
     ``rng`` is derived from the experiment seed and the round alone, so the choice does not depend on
-    how many random numbers training consumed, and a resumed run chooses the same agents. A sampler
-    that keeps its own state (a round-robin position) returns it from :meth:`state_dict`.
+    how many random numbers training consumed, and a resumed run chooses the same agents.
+    ``available`` holds the sorted ids of the agents that can be chosen this round, or ``None`` when
+    every agent can. A sampler that keeps its own state (a round-robin position) returns it from
+    :meth:`~flcore.protocol.RoundComponent.state_dict`.
     """
 
-    Params: type[ComponentParams] = NoParams
-
-    def __init__(self, params: ComponentParams) -> None:
-        self.params = params
-
-    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator) -> np.ndarray:
-        """Return the ids of the agents that train this round (distinct, any order)."""
+    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
+               available: np.ndarray | None = None) -> np.ndarray:
+        """Return the ids of the agents that train this round (distinct, any order, all available)."""
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+def candidates(population: AgentPopulation, available: np.ndarray | None) -> np.ndarray:
+    """The ids a sampler may choose from: ``available``, or every agent."""
+    return np.arange(len(population)) if available is None else np.asarray(available, dtype=np.int64)

@@ -53,3 +53,11 @@ def lr_factor(schedule: Any, step: int, total: int) -> float:
         progress = min(step / max(total, 1), 1.0)
         return schedule.min_factor + (1 - schedule.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     raise ValueError(f"unknown scheduler {schedule.name!r}")
+
+
+def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor, config: Any | None) -> torch.Tensor:
+    """The configured loss of each sample (what :func:`compute_loss` averages)."""
+    if config is not None and config.loss == "nll":
+        return F.nll_loss(logits, targets, reduction="none")
+    smoothing = config.label_smoothing if config is not None else 0.0
+    return F.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing)

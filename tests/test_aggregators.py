@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from flcore.aggregation import ClientUpdate
+from flcore.protocol import AgentResult
 from flcore.registry import discover
+from flcore.testing import round_context
 
 RNG = np.random.default_rng(0)
 N_AGENTS, DIM = 7, 13
@@ -16,7 +17,7 @@ N_AGENTS, DIM = 7, 13
 def make_updates(rng=RNG):
     deltas = rng.normal(size=(N_AGENTS, DIM))
     counts = rng.integers(5, 50, size=N_AGENTS)
-    updates = [ClientUpdate(i, torch.tensor(d, dtype=torch.float64), int(n)) for i, (d, n) in enumerate(zip(deltas, counts))]
+    updates = [AgentResult(i, torch.tensor(d, dtype=torch.float64), int(n)) for i, (d, n) in enumerate(zip(deltas, counts))]
     return deltas, counts, updates
 
 
@@ -33,7 +34,7 @@ def run(name, rounds=1, **params):
     for r in range(rounds):
         deltas, counts, updates = make_updates()
         history.append((deltas, counts))
-        w = aggregator.aggregate(w, updates, r)
+        w = aggregator.aggregate(w, updates, round_context(r))
     return w0, history, w.numpy()
 
 
@@ -75,19 +76,19 @@ def test_fedadam_state_round_trips():
     a = build("fedadam")
     _, _, updates = make_updates()
     w = torch.zeros(DIM, dtype=torch.float64)
-    a.aggregate(w, updates, 0)
+    a.aggregate(w, updates, round_context(0))
     b = build("fedadam")
     b.load_state_dict(a.state_dict())
     _, _, updates = make_updates()
-    torch.testing.assert_close(a.aggregate(w, updates, 1), b.aggregate(w, updates, 1))
+    torch.testing.assert_close(a.aggregate(w, updates, round_context(1)), b.aggregate(w, updates, round_context(1)))
 
 
 @pytest.mark.parametrize("agents", [6, 7])
 def test_fedmedian_matches_numpy_median(agents):
     aggregator = build("fedmedian")
     d = RNG.normal(size=(agents, DIM))
-    updates = [ClientUpdate(i, torch.tensor(x), 10) for i, x in enumerate(d)]
-    out = aggregator.aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0).numpy()
+    updates = [AgentResult(i, torch.tensor(x), 10) for i, x in enumerate(d)]
+    out = aggregator.aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0)).numpy()
     np.testing.assert_allclose(out, np.median(d, axis=0), rtol=1e-12)
 
 
@@ -107,8 +108,8 @@ def _krum_scores(d, f):
 def test_krum_picks_the_update_with_the_lowest_score_and_resists_an_outlier():
     d = RNG.normal(size=(N_AGENTS, DIM))
     d[3] += 100.0  # a Byzantine update
-    updates = [ClientUpdate(i, torch.tensor(x), 10) for i, x in enumerate(d)]
-    out = build("krum", byzantine=1).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0).numpy()
+    updates = [AgentResult(i, torch.tensor(x), 10) for i, x in enumerate(d)]
+    out = build("krum", byzantine=1).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0)).numpy()
     best = int(np.argmin(_krum_scores(d, 1)))
     assert best != 3
     np.testing.assert_allclose(out, d[best], rtol=1e-12)
@@ -116,8 +117,8 @@ def test_krum_picks_the_update_with_the_lowest_score_and_resists_an_outlier():
 
 def test_multikrum_averages_the_m_best():
     d = RNG.normal(size=(N_AGENTS, DIM))
-    updates = [ClientUpdate(i, torch.tensor(x), 10) for i, x in enumerate(d)]
-    out = build("multikrum", byzantine=2, m=3).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0).numpy()
+    updates = [AgentResult(i, torch.tensor(x), 10) for i, x in enumerate(d)]
+    out = build("multikrum", byzantine=2, m=3).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0)).numpy()
     chosen = np.argsort(_krum_scores(d, 2))[:3]
     np.testing.assert_allclose(out, d[chosen].mean(0), rtol=1e-12)
 
@@ -125,18 +126,22 @@ def test_multikrum_averages_the_m_best():
 def test_krum_with_too_few_updates_says_why():
     _, _, updates = make_updates()
     with pytest.raises(ValueError, match="n - f - 2"):
-        build("krum", byzantine=6).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, 0)
+        build("krum", byzantine=6).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0))
 
 
 def test_fedprox_penalty_is_half_mu_squared_distance():
-    from flcore.aggregation import LocalContext
+    """FedProx is FedAvg on the server plus the proximal agent-side plugin, with the same mu."""
+    from flcore.protocol import Requirement
+    from flcore.testing import build as build_component
 
+    strategy = build("fedprox", mu=0.3)
+    assert list(type(strategy).requirements(strategy.params)) == [
+        Requirement("agent_plugin", "flcore:proximal", {"mu": 0.3})]
+    assert list(type(build("fedavg")).requirements(build("fedavg").params)) == []
     params = [torch.tensor([1.0, 2.0]), torch.tensor([[3.0]])]
     global_params = [torch.tensor([0.5, 0.0]), torch.tensor([[1.0]])]
-    context = LocalContext(0, 0, None, params, global_params, lr=0.1)
-    penalty = build("fedprox", mu=0.3).local_penalty(context)
+    penalty = build_component("agent_plugin", "proximal", mu=0.3).loss_term(None, params, global_params)
     assert penalty.item() == pytest.approx(0.5 * 0.3 * (0.25 + 4 + 4))
-    assert build("fedprox", mu=0.3).uses_local_hooks() and not build("fedavg").uses_local_hooks()
 
 
 def test_fedsgd_trains_one_full_batch_step():
@@ -156,9 +161,9 @@ def test_streaming_aggregation_equals_aggregating_the_list(name, params):
     a = b = w
     for r in range(3):
         _, _, updates = make_updates()
-        a = direct.aggregate(a, updates, r)
+        a = direct.aggregate(a, updates, round_context(r))
         for u in updates:
             streamed.accumulate(u)
-        light = [ClientUpdate(u.agent_id, None, u.num_samples) for u in updates]
-        b = streamed.aggregate(b, light, r)
+        light = [AgentResult(u.agent_id, None, u.num_samples) for u in updates]
+        b = streamed.aggregate(b, light, round_context(r))
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

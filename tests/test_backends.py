@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flcore import hookimpl
+from flcore.agent_plugin import AgentPlugin
 from flcore.config import validate_config
+from flcore.errors import ConfigError
 from flcore.experiment import Experiment
 
 
@@ -37,13 +40,54 @@ def test_vectorized_respects_max_steps_and_full_batch(tmp_path, tiny_config):
         torch.testing.assert_close(b.state_dict[name], value, rtol=1e-4, atol=1e-5)
 
 
-def test_vectorized_falls_back_with_a_warning_when_it_cannot(tmp_path, tiny_config):
-    tiny_config["federation"]["aggregator"] = "fedprox"
-    with pytest.warns(UserWarning, match="falling back to sequential"):
-        fallback = run(tmp_path, tiny_config, "vectorized", "v")
-    reference = run(tmp_path, tiny_config, "sequential", "s")
+class _EditsGradients(AgentPlugin):
+    """An agent-side plugin the vectorized backend cannot run: it edits gradients in place."""
+
+    def before_step(self, agent):
+        for p in agent.params:
+            p.grad.mul_(0.5)
+
+
+class _GradientPlugin:
+    @staticmethod
+    @hookimpl
+    def register_agent_plugins(register):
+        register("halve_gradients", _EditsGradients, "Test agent-side plugin.")
+
+
+def test_vectorized_falls_back_with_a_warning_naming_the_blocker(tmp_path, tiny_config):
+    tiny_config["federation"]["agent_plugins"] = ["halve_gradients"]
+    tiny_config["federation"]["backend"] = "vectorized"
+    with pytest.warns(UserWarning, match="backend 'vectorized'.*'halve_gradients' does not declare vectorizable.*"
+                                         "falling back to SequentialBackend"):
+        fallback = Experiment(validate_config(tiny_config), plugins=[("t", _GradientPlugin)]).run(out_dir=tmp_path / "v")
+    tiny_config["federation"]["backend"] = "sequential"
+    reference = Experiment(validate_config(tiny_config), plugins=[("t", _GradientPlugin)]).run(out_dir=tmp_path / "s")
     for name, value in reference.state_dict.items():
         assert torch.equal(fallback.state_dict[name], value)
+
+
+def test_strict_vectorized_refuses_what_it_cannot_run_naming_both(tmp_path, tiny_config):
+    tiny_config["federation"]["agent_plugins"] = ["halve_gradients"]
+    tiny_config["federation"]["backend"] = {"name": "vectorized", "strict": True}
+    with pytest.raises(ConfigError, match="backend 'vectorized' .*cannot train this experiment: agent-side plugin "
+                                          "'halve_gradients'"):
+        Experiment(validate_config(tiny_config), plugins=[("t", _GradientPlugin)]).run(out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_vectorized_runs_fedprox_proximal_term_like_sequential(tmp_path, tiny_config):
+    """The proximal plugin declares vectorizable: its loss term runs inside the vmap."""
+    tiny_config["federation"].update(aggregator={"name": "fedprox", "mu": 0.5},
+                                     partitioner={"name": "quantity_skew", "sigma": 0.5})
+    tiny_config["training"] = {"epochs": 2, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.1}}
+    sequential = run(tmp_path, tiny_config, "sequential", "s")
+    vectorized = run(tmp_path, tiny_config, {"name": "vectorized", "strict": True}, "v")
+    plain = run(tmp_path, {**tiny_config, "federation": {**tiny_config["federation"], "aggregator": "fedavg"}},
+                "sequential", "plain")
+    for name, value in sequential.state_dict.items():
+        torch.testing.assert_close(vectorized.state_dict[name], value, rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(plain.state_dict[k], v) for k, v in sequential.state_dict.items())
 
 
 @pytest.mark.slow
@@ -75,17 +119,3 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_c
         assert torch.equal(a[name], b[name]), name
     rows = (next((tmp_path / "two").glob("*/logs/agents/version_0/metrics.csv"))).read_text().splitlines()
     assert len(rows) == 1 + 3 * 5  # every rank's agents are logged by rank 0
-
-
-def test_aggregators_with_per_agent_hooks_are_refused_by_the_distributed_backend():
-    from flcore.aggregation import Aggregator
-    from flcore.engine.runtime import check_distributable
-    from flcore.errors import ConfigError
-
-    class KeepsAgentState(Aggregator):
-        def on_local_end(self, context, update):
-            pass
-
-    with pytest.raises(ConfigError, match="'mine' keeps per-agent state in on_local_end"):
-        check_distributable(KeepsAgentState(None), "mine")
-    check_distributable(Aggregator(None), "plain")  # no hooks: accepted

@@ -34,7 +34,9 @@ def test_list_plugins_json_lists_every_builtin_with_distribution_and_version():
     assert all(r["version"] == version("flcore") for r in builtins)
     assert {"fedavg", "digits", "iid", "uniform", "lenet5", "resnet152", "participation"} <= {r["name"] for r in builtins}
     kinds = {r["kind"] for r in builtins}
-    assert kinds == {"dataset", "partitioner", "model", "sampler", "aggregator", "agent_metadata"}
+    from flcore.kinds import kind_names
+
+    assert kinds == set(kind_names())
     assert data["distributions"]["flcore"] == version("flcore")
 
 

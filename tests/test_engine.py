@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from flcore.aggregation import Aggregator
+from flcore.agent_plugin import AgentPlugin
 from flcore.config import validate_config
-from flcore.engine import seeding
+from flcore import seeding
 from flcore.engine.rundir import read_csv
 from flcore.errors import RunFailure
 from flcore.experiment import Experiment
@@ -68,17 +68,12 @@ def test_run_folder_records_config_plugins_metrics_and_agent_logs(tmp_path, tiny
     assert (run_dir / "model.pt").is_file() and (run_dir / "checkpoint.pt").is_file()
 
 
-class _FailFor(Aggregator):
-    """FedAvg that makes agent 1's local training raise."""
+class _FailFor(AgentPlugin):
+    """Makes agent 1's local training raise."""
 
-    def on_local_start(self, context):
-        if context.agent_id == 1:
+    def on_agent_start(self, agent):
+        if agent.agent_id == 1:
             raise RuntimeError("simulated crash")
-
-    def aggregate(self, global_vector, updates, round_index):
-        from flcore.aggregation import weighted_mean_delta
-
-        return global_vector + weighted_mean_delta(updates)
 
 
 class _FailingPlugin:
@@ -86,19 +81,19 @@ class _FailingPlugin:
 
     @staticmethod
     @hookimpl
-    def register_aggregators(register):
-        register("fail_for_one", _FailFor, "Test aggregator.")
+    def register_agent_plugins(register):
+        register("fail_for_one", _FailFor, "Test agent-side plugin.")
 
 
 def test_agent_failure_policy_fail_names_agent_and_round(tmp_path, tiny_config):
-    tiny_config["federation"].update(sampler="all", aggregator="fail_for_one")
+    tiny_config["federation"].update(sampler="all", agent_plugins=["fail_for_one"])
     experiment = Experiment(validate_config(tiny_config), plugins=[("test", _FailingPlugin)])
     with pytest.raises(RunFailure, match="agent 1 failed in round 1.*simulated crash"):
         experiment.run(out_dir=tmp_path)
 
 
 def test_agent_failure_policy_skip_drops_the_update_and_logs_it(tmp_path, tiny_config):
-    tiny_config["federation"].update(sampler="all", aggregator="fail_for_one", on_agent_failure="skip")
+    tiny_config["federation"].update(sampler="all", agent_plugins=["fail_for_one"], on_agent_failure="skip")
     experiment = Experiment(validate_config(tiny_config), plugins=[("test", _FailingPlugin)])
     with pytest.warns(UserWarning, match="agent 1 failed"):
         result = experiment.run(out_dir=tmp_path)
@@ -113,8 +108,8 @@ def test_non_finite_weights_are_a_failure(tmp_path, tiny_config):
 
 
 def test_batchnorm_buffers_are_sample_weighted_means():
-    from flcore.aggregation import ClientUpdate
     from flcore.engine.buffers import average_buffers
+    from flcore.protocol import AgentResult as ClientUpdate
 
     a = {"bn.running_mean": torch.tensor([1.0, 2.0]), "bn.num_batches_tracked": torch.tensor(3)}
     b = {"bn.running_mean": torch.tensor([4.0, 8.0]), "bn.num_batches_tracked": torch.tensor(5)}
@@ -172,26 +167,26 @@ def test_centralized_training_uses_the_same_datamodule_and_model(tmp_path, tiny_
 
 
 def test_agent_metadata_persists_across_rounds_and_is_checkpointed(tmp_path, tiny_config):
-    from flcore.engine.checkpoint import load_torch
+    from flcore.engine.state_store import read_checkpoint
     from flcore.registry import discover
 
     assert discover().resolve("agent_metadata", "participation").provider == "flcore"
-    tiny_config["federation"]["rounds"] = 4
+    tiny_config["federation"].update(rounds=4, agent_metadata=["participation"])
     result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
-    columns = load_torch(result.run_dir / "checkpoint.pt")["population"]["columns"]
+    columns = read_checkpoint(result.run_dir)["columns"]
     selected = [int(r["times_selected"]) for r in read_csv(result.run_dir / "sampling.csv")]
     assert columns["times_selected"].tolist() == selected and sum(selected) == 16
     trained = columns["last_round"] > 0
-    assert (columns["last_round"][trained] <= 4).all() and torch.isfinite(columns["last_loss"][trained]).all()
-    assert torch.isnan(columns["last_loss"][~trained]).all()
+    assert (columns["last_round"][trained] <= 4).all() and np.isfinite(columns["last_loss"][trained]).all()
+    assert np.isnan(columns["last_loss"][~trained]).all()
 
 
-def test_restricting_agent_metadata_to_none(tmp_path, tiny_config):
-    from flcore.engine.checkpoint import load_torch
+def test_only_the_agent_metadata_a_run_asks_for_is_enabled(tmp_path, tiny_config):
+    """Installed metadata plugins are not switched on for every run: only listed or required ones."""
+    from flcore.engine.state_store import read_checkpoint
 
-    tiny_config["federation"]["agent_metadata"] = []
     result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path)
-    assert load_torch(result.run_dir / "checkpoint.pt")["population"]["columns"] == {}
+    assert set(read_checkpoint(result.run_dir)["columns"]) == {"selected_count"}
 
 
 def test_data_a_component_rejects_is_bad_input_and_leaves_no_run_folder(tmp_path, tiny_config):
@@ -208,7 +203,7 @@ def test_data_a_component_rejects_is_bad_input_and_leaves_no_run_folder(tmp_path
 
 
 def test_a_failing_agent_keeps_its_original_error_as_the_cause(tmp_path, tiny_config):
-    tiny_config["federation"].update(sampler="all", aggregator="fail_for_one")
+    tiny_config["federation"].update(sampler="all", agent_plugins=["fail_for_one"])
     experiment = Experiment(validate_config(tiny_config), plugins=[("test", _FailingPlugin)])
     with pytest.raises(RunFailure) as info:
         experiment.run(out_dir=tmp_path)

@@ -12,7 +12,11 @@ import pytest
 import torch
 import yaml
 
-from flcore.engine.checkpoint import load_torch
+from flcore.engine.checkpoint import load_sealed
+
+
+def next_round(checkpoint) -> int:
+    return int(load_sealed(checkpoint)["state"]["next_round"])
 
 
 def _flcore(*args: str, **kwargs) -> subprocess.Popen:
@@ -35,14 +39,14 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_config):
     checkpoint = None
     while time.monotonic() < deadline and victim.poll() is None:
         found = list((tmp_path / "killed").glob("*/checkpoint.pt"))
-        if found and load_torch(found[0])["next_round"] >= 5:
+        if found and next_round(found[0]) >= 5:
             checkpoint = found[0]
             break
         time.sleep(0.01)
     assert checkpoint is not None and victim.poll() is None, "the run ended before it could be killed"
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    assert load_torch(checkpoint)["next_round"] < 50
+    assert next_round(checkpoint) < 50
 
     resumed = _flcore("run", "--resume", str(checkpoint.parent))
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()

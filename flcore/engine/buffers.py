@@ -6,10 +6,10 @@ from typing import Sequence
 
 import torch
 
-from flcore.aggregation import ClientUpdate
+from flcore.protocol import AgentResult
 
 
-def average_buffers(global_buffers: dict[str, torch.Tensor], updates: Sequence[ClientUpdate]) -> dict[str, torch.Tensor]:
+def average_buffers(global_buffers: dict[str, torch.Tensor], updates: Sequence[AgentResult]) -> dict[str, torch.Tensor]:
     """Sample-weighted mean of floating buffers; integer counters take the largest value."""
     if not global_buffers:
         return global_buffers

@@ -8,35 +8,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from flcore.config import config_to_dict
-from flcore.engine import seeding
+from flcore.config import ExperimentConfig, config_to_dict
+from flcore import seeding
+from flcore.engine.assembly import build_data_and_model
 from flcore.engine.checkpoint import save_torch
 from flcore.engine.evaluation import evaluate
 from flcore.engine.observers import build_loggers, build_profiler
+from flcore.engine.result import RunResult
 from flcore.engine.rundir import RunDirectory
 
-if TYPE_CHECKING:
-    from flcore.experiment import Experiment, RunResult
 
-
-def run_centralized(experiment: Experiment, out_dir: str | Path, progress: bool | None) -> RunResult:
+def run_centralized(config: ExperimentConfig, components: dict[str, Any], provenance: dict[str, Any],
+                    out_dir: str | Path, progress: bool | None) -> RunResult:
     """Fit the model on the whole training split and evaluate it on the test split every epoch."""
     import lightning as L
 
-    from flcore.experiment import RunResult
-
-    config = experiment.config
     started = time.perf_counter()
-    data = experiment.components["dataset"].build()
-    seeding.seed_torch(config.seed, seeding.INIT)
-    with experiment.components["model"].rejecting():
-        model = experiment.components["model"].build(data.spec)
+    data, model = build_data_and_model(config, components)
     model.configure_training(config.training)
     run_dir = RunDirectory.create(out_dir, config.name)  # only once the experiment can start
     run_dir.write_config(config_to_dict(config))
-    run_dir.write_json("plugins.json", experiment.provenance())
+    run_dir.write_json("plugins.json", provenance)
     data.batch_size = config.training.batch_size or len(data.y_train)
 
     history: list[dict] = []

@@ -1,19 +1,33 @@
-"""Atomic writes: a reader (or a resumed run) never sees a half-written file."""
+"""Atomic and sealed writes: a reader (or a resumed run) never sees a half-written or altered file.
+
+``write_*`` functions write to a temporary file in the same folder, fsync it and rename it over the
+target. :func:`save_sealed` adds a header with the payload's SHA-256, so that :func:`load_sealed`
+refuses a file with flipped bits or a truncated tail, naming it, before ``torch.load`` (always with
+``weights_only=True``: tensors and plain containers, never code) reads a byte of it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import torch
+from flcore.errors import UserError
+
+SEAL_MAGIC = b"FLCORE-SEALED 1\n"
 
 
-def _replace_atomically(path: Path, write) -> None:
+class CorruptFile(UserError):
+    """A run-folder file that is not what flcore wrote: truncated, altered, or of another format."""
+
+
+def _replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -25,21 +39,79 @@ def _replace_atomically(path: Path, write) -> None:
         raise
 
 
-def save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
-    _replace_atomically(Path(path), lambda handle: torch.save(obj, handle))
-
-
-def load_torch(path: str | Path) -> Any:
-    """Load a file written by :func:`save_torch` (tensors and plain containers only)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes atomically."""
+    _replace_atomically(Path(path), lambda handle: handle.write(data))
 
 
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
-    _replace_atomically(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically, indented for people."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically (for files meant for other tools, such as ``model.pt``)."""
+    import torch
+
+    _replace_atomically(Path(path), lambda handle: torch.save(obj, handle))
+
+
+def load_torch(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only."""
+    import torch
+
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def seal(obj: Any) -> tuple[bytes, str]:
+    """``obj`` serialized by ``torch.save`` behind a header holding its SHA-256; and that digest."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    header = json.dumps({"sha256": digest, "bytes": len(payload)}).encode("ascii") + b"\n"
+    return SEAL_MAGIC + header + payload, digest
+
+
+def save_sealed(obj: Any, path: str | Path) -> str:
+    """Write ``obj`` sealed and atomically; return the payload's SHA-256."""
+    data, digest = seal(obj)
+    write_bytes(path, data)
+    return digest
+
+
+def load_sealed(path: str | Path, expected_sha256: str | None = None) -> Any:
+    """Read a file written by :func:`save_sealed` after checking its length and digest (and, if
+    given, that the digest is the one a manifest recorded)."""
+    import torch
+
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        raise CorruptFile(f"'{path}' is missing or is not a regular file.")
+    data = path.read_bytes()
+    if not data.startswith(SEAL_MAGIC):
+        raise CorruptFile(f"'{path}' is not a checkpoint written by this version of flcore (no seal header).")
+    header_end = data.index(b"\n", len(SEAL_MAGIC)) if b"\n" in data[len(SEAL_MAGIC):] else -1
+    try:
+        header = json.loads(data[len(SEAL_MAGIC):header_end])
+        size, digest = int(header["bytes"]), str(header["sha256"])
+    except (ValueError, KeyError, TypeError):
+        raise CorruptFile(f"'{path}' has an unreadable seal header.") from None
+    payload = data[header_end + 1:]
+    if len(payload) != size:
+        raise CorruptFile(f"'{path}' is truncated or extended: {len(payload)} bytes where {size} were written.")
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != digest or (expected_sha256 is not None and actual != expected_sha256):
+        raise CorruptFile(f"'{path}' is corrupt: its SHA-256 is {actual[:16]}..., expected "
+                          f"{(expected_sha256 or digest)[:16]}...")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a sealed payload that torch cannot read: refuse it, do not guess
+        raise CorruptFile(f"'{path}' could not be read as a checkpoint: {type(exc).__name__}: {exc}") from None

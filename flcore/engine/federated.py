@@ -1,368 +1,444 @@
-"""The federated round loop: sample, train locally, aggregate, evaluate, log, checkpoint.
+"""The federated round loop: select, instruct, train, results, aggregate, evaluate, record.
 
-Everything a round does is in :meth:`FederatedRun.run_round`, top to bottom. Random streams come from
-:mod:`flcore.engine.seeding`, so a run resumed from any checkpoint ends with the same weights as one
-that was never interrupted.
+Everything a round does is in :meth:`FederatedRun.run_round`, top to bottom, in the phases of the
+round protocol (:mod:`flcore.protocol`, docs/concepts.md). Random streams come from
+:mod:`flcore.seeding`, so a run resumed from any checkpoint ends with the same weights as one that
+was never interrupted.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from flcore.agents import AgentPopulation
-from flcore.aggregation import ClientUpdate
-from flcore.config import config_to_dict
-from flcore.engine import seeding
+from flcore import seeding
+from flcore.backend import Backend, TrainingSetup
+from flcore.config import RESUMABLE_FIELDS, ExperimentConfig, config_to_dict
+from flcore.engine.assembly import (build_components, build_data_and_model, build_partition, build_population,
+                                    check_server_plugins, prepare_backend, training_tensors)
 from flcore.engine.buffers import average_buffers
-from flcore.engine.checkpoint import load_torch, save_torch
+from flcore.engine.checkpoint import CorruptFile, save_torch
 from flcore.engine.evaluation import evaluate
-from flcore.engine.local import AgentFailure, LocalTrainer, diverged
-from flcore.engine.observers import build_loggers, build_profiler, memory_stats
+from flcore.engine.observers import memory_stats
+from flcore.engine.recording import Progress, Recorder, progress_mode
+from flcore.engine.result import RunResult
 from flcore.engine.rundir import RunDirectory, partition_record
-from flcore.engine.runtime import build_fabric, check_distributable, single_device_fabric
+from flcore.engine.state_store import CheckpointStore, config_fingerprint
+from flcore.engine.weights import ModelWeights
 from flcore.errors import ConfigError, RunFailure
+from flcore.protocol import PHASES, Aggregate, AgentResult, AgentStatus, Instruction, RoundContext, overrides
+from flcore.server_plugin import ServerPlugin
 from flcore.training import lr_factor
-
-if TYPE_CHECKING:
-    from flcore.experiment import Experiment, RunResult
-
-CHECKPOINT_FORMAT = 1
 
 
 class FederatedRun:
-    """The state of one federated run, built from an :class:`~flcore.experiment.Experiment`."""
+    """The state of one federated run: its parts, the global model, the records so far."""
 
-    def __init__(self, experiment: Experiment, run_dir: RunDirectory, progress: bool | None, fabric: Any,
-                 exchange: Any = None) -> None:
-        config = experiment.config
-        self.config = config
-        self.federation = config.federation
-        self.seed = config.seed
-        self.run_dir = run_dir
-        parts = experiment.components
-
-        self.data = parts["dataset"].build()
-        seeding.seed_torch(self.seed, seeding.INIT)
-        with parts["model"].rejecting():
-            self.model = parts["model"].build(self.data.spec)
-        partitioner = parts["partitioner"].build()
-        with parts["partitioner"].rejecting():
-            self.partition = partitioner.split(
-                self.data.train_labels, self.federation.agents, seeding.numpy_rng(self.seed, seeding.PARTITION),
-                self.data.groups,
-            )
-        if self.partition.num_agents != self.federation.agents:
-            raise RunFailure(
-                f"partitioner '{parts['partitioner'].component.name}' returned {self.partition.num_agents} "
-                f"shards for federation.agents = {self.federation.agents}"
-            )
-        self.metadata = [r.build() for r in parts["agent_metadata"]]
-        self.population = AgentPopulation(self.partition, [f for m in self.metadata for f in m.fields()])
-        self.sampler = parts["sampler"].build()
-        self.aggregator = parts["aggregator"].build()
-        self.training = self.aggregator.configure_training(config.training)
-
-        self.fabric = fabric
-        self.exchange = exchange
-        if exchange is not None:
-            check_distributable(self.aggregator, parts["aggregator"].component.name)
-        self.is_main = fabric.global_rank == 0
-        x, y = self.data.x_train, self.data.y_train
-        local_fabric = single_device_fabric(fabric, config.runtime) if exchange is not None else fabric
-        if self.fabric.device.type != "cpu":
-            x, y = x.to(self.fabric.device), y.to(self.fabric.device)
-        self.trainer = LocalTrainer(local_fabric, self.model, x, y, self.data.transform, self.seed)
-        self.vectorized = None
-        if self.federation.backend == "vectorized":
-            from flcore.engine.vectorized import Unsupported, VectorizedTrainer, check_supported
-
-            try:
-                check_supported(self.model, self.training, self.aggregator)
-                self.vectorized = VectorizedTrainer(self.model, x, y, self.data.transform, self.seed, self.fabric.device)
-            except Unsupported as exc:
-                warnings.warn(f"the vectorized backend cannot train this experiment ({exc}); "
-                              "falling back to sequential", stacklevel=1)
-        self.global_vector = self.trainer.global_vector()
-        self.global_buffers = self.trainer.buffer_state()
-        self.times_selected = np.zeros(self.federation.agents, dtype=np.int64)
+    def __init__(self, config: ExperimentConfig, components: dict[str, Any], run_dir: RunDirectory,
+                 backend: Backend, fabric: Any) -> None:
+        self.config, self.federation, self.run_dir = config, config.federation, run_dir
+        self.fabric, self.is_main = fabric, backend.rank == 0
+        self.data, self.model = build_data_and_model(config, components)
+        self.partition = build_partition(config, components, self.data)
+        self._build_round_components(components, backend)
+        self.population = build_population(self.partition, self.components + [backend], config.seed)
+        self.backend = self._prepare_backend(backend)
+        self.weights = ModelWeights(self.model)
+        self.global_vector = self.weights.vector()
+        self.global_buffers = self.weights.buffer_state()
+        self.store = CheckpointStore(run_dir.path)
+        self.recorder = Recorder(config, run_dir, self.is_main)
         self.history: list[dict[str, Any]] = []
         self.next_round = 0
-
-        self.loggers = build_loggers(config.logging.loggers, run_dir.logs, config.name) if self.is_main else []
-        self.agent_logger = None
-        if config.logging.agent_metrics and self.is_main:
-            from lightning.pytorch.loggers import CSVLogger
-
-            self.agent_logger = CSVLogger(str(run_dir.logs), name="agents")
-        self.profiler = build_profiler(config.logging.profiler if self.is_main else None, run_dir.path)
-        self.agent_log_step = 0
+        self.agents_seen = 0
+        self.idle_rounds = 0  # consecutive rounds in which no update was accepted
         self.setup_seconds = 0.0
-        self.show_progress = sys.stderr.isatty() if progress is None else progress
-        if config.logging.progress != "auto":
-            self.show_progress = config.logging.progress == "on"
-        self.show_progress = self.show_progress and self.is_main  # one bar, not one per process
+
+    def _build_round_components(self, components: dict[str, Any], backend: Backend) -> None:
+        built, self.labels = build_components(components)
+        self.labels[id(backend)] = components["backend"].label
+        self.sampler, self.strategy = built["sampler"], built["aggregator"]
+        self.agent_plugins, self.server_plugins, self.metadata = \
+            built["agent_plugin"], built["server_plugin"], built["agent_metadata"]
+        check_server_plugins(self.strategy, self.server_plugins, self.labels)
+        self.training = self.strategy.configure_training(self.config.training)
+        self.components = [self.sampler, self.strategy, *self.server_plugins, *self.agent_plugins, *self.metadata]
+        self.phase = {name: [c for c in self.components if overrides(c, name)] for name in PHASES}
+        self.updating = [p for p in self.server_plugins if overrides(p, "process_update", ServerPlugin)]
+        self.post_aggregating = [p for p in reversed(self.server_plugins)
+                                 if overrides(p, "process_aggregate", ServerPlugin)]
+        # stream updates into the strategy as agents finish, unless a component must see them all first
+        self.streaming = self.strategy.streaming and not self.phase["on_results"]
+
+    def _prepare_backend(self, backend: Backend) -> Backend:
+        module = self.fabric.setup_module(self.model)
+        self.module = module
+        x, y = training_tensors(self.data, self.fabric.device)
+        setup = TrainingSetup(self.fabric, self.model, module, x, y, self.data.transform, self.config.seed,
+                              self.training, self.strategy, self.agent_plugins, self.population)
+        return prepare_backend(backend, setup, self.labels[id(backend)])
 
     # -------------------------------------------------------------------------------- rounds
     def run_round(self, r: int) -> dict[str, Any]:
-        """One round: sample, train each sampled agent, aggregate, evaluate, log, checkpoint."""
-        federation, profile = self.federation, self.profiler.profile
+        """One round, in the protocol's phases: select, instruct, train, results, aggregate,
+        evaluate, record, checkpoint."""
+        federation, profile = self.federation, self.recorder.profile
         started = time.perf_counter()
+        context = RoundContext(r, federation.rounds, self.config.seed, self.population, self.global_vector,
+                               self.global_buffers,
+                               lr=self.training.optimizer.lr * lr_factor(self.training.scheduler, r, federation.rounds))
         with profile("sample"):
-            selected = np.asarray(
-                self.sampler.sample(self.population, r, seeding.numpy_rng(self.seed, seeding.SAMPLING, r))
-            )
-        self._check_selection(selected, r)
-        self.times_selected[selected] += 1
-        lr = self.training.optimizer.lr * lr_factor(self.training.scheduler, r, federation.rounds)
-
-        local_metrics = [self._evaluate_on_shard(a) for a in selected.tolist()] if self.config.evaluation.local else []
+            selected = self._select(context)
+        with profile("instruct"):
+            instructions = self._instruct(context, selected)
+        local_metrics = self._evaluate_on_shards(selected) if self.config.evaluation.local else []
         with profile("local_train"):
-            updates, failed = self._train_selected(selected.tolist(), r, lr)
-
+            results = self._train(context, instructions)
         with profile("aggregate"):
-            if updates:
-                self.global_vector = self.aggregator.aggregate(self.global_vector, updates, r)
-                if federation.buffers == "weighted_mean":
-                    self.global_buffers = average_buffers(self.global_buffers, updates)
-            for component in self.metadata:
-                component.on_round_end(self.population, r, updates)
+            accepted = self._settle(context, results)
+            self._aggregate(context, accepted)
+            for component in self.phase["on_round_end"]:
+                component.on_round_end(context, accepted)
 
-        row: dict[str, Any] = {"round": r + 1, "selected": len(selected), "skipped": len(failed), "lr": lr}
-        if updates:
-            weights = np.array([u.num_samples for u in updates], dtype=np.float64)
-            row["train_loss"] = float(np.average([u.metrics["loss"] for u in updates], weights=weights))
-        if local_metrics:
-            row["local_loss"] = float(np.mean([m["loss"] for m in local_metrics]))
-            row["local_acc"] = float(np.mean([m["acc"] for m in local_metrics]))
+        row = self._row(context, results, accepted, local_metrics)
         last = r + 1 == federation.rounds
         if ((r + 1) % self.config.evaluation.every == 0 or last) and self.is_main:
             with profile("evaluate"):
-                self.trainer.load(self.global_vector, self.global_buffers)
-                metrics = evaluate(self.trainer.model, self.data.x_test, self.data.y_test, self.data.transform,
-                                   self.config.evaluation.batch_size, self.fabric.device)
-            row["test_loss"], row["test_acc"] = metrics["loss"], metrics["acc"]
-        row["agents_seen"] = int((self.times_selected > 0).sum())
+                row.update(self._evaluate(context))
+        row.update(context.metrics)
         row.update(memory_stats(self.fabric.device))
-
-        with profile("log"):
-            for logger in self.loggers:
-                logger.log_metrics({k: v for k, v in row.items() if k != "round"}, step=r + 1)
-            self.history.append(row)
-            if self.is_main:
-                self.run_dir.write_csv("metrics.csv", self.history)
         self.next_round = r + 1
-        if ((r + 1) % self.config.checkpoint.every == 0 or last) and self.is_main:
+        row["seconds"] = time.perf_counter() - started  # the round up to its checkpoint
+        with profile("log"):
+            self.history.append(row)
+            self.recorder.round(row, self.history)
+        if (r + 1) % self.config.checkpoint.every == 0 or last:
             with profile("checkpoint"):
-                save_torch(self.state_dict(), self.run_dir.checkpoint)
-        row["seconds"] = time.perf_counter() - started  # the whole round; metrics.csv gets it next write
+                self.checkpoint()
         return row
 
-    def _train_selected(self, agents: list[int], r: int, lr: float) -> tuple[list[ClientUpdate], list[int]]:
-        """Train the round's agents; apply the failure policy to any that raise or diverge."""
-        log = self._log_agent_epoch if self.agent_logger or self.loggers else None
-        if self.vectorized is not None:
-            batch = self.vectorized.train_agents(agents, r, self.population, self.global_vector, self.training,
-                                                 lr, log)
-            results: list[ClientUpdate | AgentFailure] = []
-            for update in batch:
-                loss = update.metrics["loss"]
-                results.append(AgentFailure.non_finite(update.agent_id, r, loss) if diverged(loss, update.delta)
-                               else update)
-        else:
-            results = []
-            mine = self.exchange.mine(agents) if self.exchange else agents
-            records: list[dict] = []
-            if self.exchange is not None:
-                log = records.append
-            for agent in mine:
-                try:
-                    results.append(self.trainer.train_agent(agent, r, self.population, self.global_vector,
-                                                            self.global_buffers, self.training, lr, self.aggregator, log))
-                except Exception as exc:  # the failure policy decides; never a bare traceback
-                    results.append(exc if isinstance(exc, AgentFailure) else AgentFailure(agent, r, repr(exc), exc))
-            if self.exchange is not None:
-                results, records = self.exchange.gather(agents, results, records, self.global_vector,
-                                                        self.global_buffers)
-                if self.is_main and (self.agent_logger or self.loggers):
-                    for record in records:
-                        self._log_agent_epoch(record)
-        updates, failed = [], []
+    def _select(self, context: RoundContext) -> np.ndarray:
+        """Select phase: the sampler's choice among the available agents, checked."""
+        r = context.index
+        rng = seeding.numpy_rng(self.config.seed, seeding.SAMPLING, r)
+        selected = np.asarray(self.sampler.sample(self.population, r, rng, context.available))
+        n = len(self.population)
+        if selected.ndim != 1 or (len(selected) and (not np.issubdtype(selected.dtype, np.integer)
+                                                     or selected.min() < 0 or selected.max() >= n)) \
+                or len(np.unique(selected)) != len(selected) \
+                or (context.available is not None and not np.isin(selected, context.available).all()):
+            raise RunFailure(f"{self.labels[id(self.sampler)]} returned an invalid selection in round {r + 1}: "
+                             f"expected distinct available agent ids in [0, {n}), got {selected[:10].tolist()}...")
+        selected = selected.astype(np.int64)
+        counts = self.population.column("selected_count")[selected]
+        self.agents_seen += int((counts == 0).sum())
+        self.population.update("selected_count", selected, counts + 1)
+        context.selected = selected
+        return selected
+
+    def _instruct(self, context: RoundContext, selected: np.ndarray) -> list[Instruction]:
+        """Instruct phase: defaults from the training settings, then each component's edits."""
+        training = self.training
+        instructions = [Instruction(agent, training.epochs, training.max_steps) for agent in selected.tolist()]
+        context.instructions = instructions
+        for component in self.phase["configure_round"]:
+            component.configure_round(context, instructions)
+            if [i.agent_id for i in instructions] != selected.tolist() or not all(
+                    isinstance(i.epochs, int) and i.epochs > 0 and (i.max_steps is None or i.max_steps > 0)
+                    and math.isfinite(i.lr_scale) and i.lr_scale > 0 for i in instructions):
+                raise RunFailure(f"{self.labels[id(component)]} made invalid instructions in round {context.index + 1}: "
+                                 "keep one per selected agent, in order, with epochs > 0, max_steps > 0 or None and "
+                                 "a positive lr_scale (set participate=False to drop an agent)")
+        return instructions
+
+    def _train(self, context: RoundContext, instructions: list[Instruction]) -> list[AgentResult]:
+        """Train phase: the backend trains the instructed agents; each result is logged, put to the
+        failure policy and, when streaming, handed to the strategy at once."""
+        results: dict[int, AgentResult] = {}
+
+        def deliver(result: AgentResult) -> None:
+            self.recorder.agent_epochs(result.history)
+            if result.status is AgentStatus.FAILED and self.federation.on_agent_failure == "fail":
+                raise RunFailure(f"agent {result.agent_id} failed in round {context.index + 1}: {result.reason}. "
+                                 "Set federation.on_agent_failure=skip to drop such updates instead.") from result.cause
+            if self.streaming and result.status.accepted:
+                self._to_strategy(context, result)
+            results[result.agent_id] = result
+
+        self.backend.train(context, instructions, deliver)
+        wanted = [i.agent_id for i in instructions]
+        if sorted(results) != sorted(wanted):
+            raise RunFailure(f"{self.labels[id(self.backend)]} returned results for agents {sorted(results)[:10]} "
+                             f"where {sorted(wanted)[:10]} were instructed, in round {context.index + 1}")
+        return [results[agent] for agent in wanted]
+
+    def _to_strategy(self, context: RoundContext, update: AgentResult) -> None:
+        for plugin in self.updating:
+            plugin.process_update(context, update)
+        if self.strategy.streaming:
+            self.strategy.accumulate(update)
+            update.delta = None  # the running sum holds it now
+
+    def _settle(self, context: RoundContext, results: list[AgentResult]) -> list[AgentResult]:
+        """Results phase: components see every result; skipped failures are reported; accepted
+        updates reach the strategy (unless streamed already) and their per-agent state is stored."""
+        if not self.streaming:
+            for component in self.phase["on_results"]:
+                component.on_results(context, results)
         for result in results:
-            if isinstance(result, AgentFailure):
-                result.round_index = r + 1
-                if self.federation.on_agent_failure == "fail":
-                    raise RunFailure(f"{result}. Set federation.on_agent_failure=skip to drop such updates instead."
-                                     ) from result.cause
-                warnings.warn(f"skipping update: {result}", stacklevel=1)
-                failed.append(result.agent_id)
-                continue
-            if self.aggregator.streaming:
-                self.aggregator.accumulate(result)
-                result.delta = None  # the running sum holds it now
-            updates.append(result)
-        return updates, failed
+            if result.status is AgentStatus.FAILED:
+                warnings.warn(f"skipping update: agent {result.agent_id} failed in round {context.index + 1}: "
+                              f"{result.reason}", stacklevel=2)
+        accepted = [r for r in results if r.status.accepted]
+        context.failures = [r for r in results if not r.status.accepted]
+        if not self.streaming:
+            for update in accepted:
+                self._to_strategy(context, update)
+        for update in accepted:
+            for name, value in update.state.items():
+                self.population.set(name, update.agent_id, value)
+        return accepted
 
-    def _check_selection(self, selected: np.ndarray, r: int) -> None:
-        if selected.ndim != 1 or len(np.unique(selected)) != len(selected) or (
-            len(selected) and (selected.min() < 0 or selected.max() >= len(self.population))
-        ):
-            raise RunFailure(
-                f"sampler '{self.federation.sampler.name}' returned an invalid selection in round {r + 1}: "
-                f"expected distinct agent ids in [0, {len(self.population)}), got {selected[:10].tolist()}..."
-            )
+    def _aggregate(self, context: RoundContext, accepted: list[AgentResult]) -> None:
+        """Aggregate phase: the strategy's next global model, then the server plugins' (outermost
+        last), each checked; buffers follow ``federation.buffers``."""
+        if not accepted:
+            self._note_idle_round(context)
+            return
+        out = self.strategy.aggregate(self.global_vector, accepted, context)
+        aggregate = out if isinstance(out, Aggregate) else Aggregate(out)
+        self._check_vector(aggregate.vector, self.strategy, context)
+        for plugin in self.post_aggregating:
+            plugin.process_aggregate(context, self.global_vector, aggregate)
+            self._check_vector(aggregate.vector, plugin, context)
+        for key, value in aggregate.metrics.items():
+            context.log(self.strategy, key, value)
+        self.global_vector = aggregate.vector.detach()
+        if self.federation.buffers == "weighted_mean" and self.global_buffers:
+            self.global_buffers = average_buffers(self.global_buffers, accepted)
+        self.idle_rounds = 0
 
-    def _evaluate_on_shard(self, agent: int) -> dict[str, float]:
-        self.trainer.load(self.global_vector, self.global_buffers)
-        shard = torch.from_numpy(self.population.shard(agent))
-        return evaluate(self.trainer.model, self.data.x_train[shard], self.data.y_train[shard],
-                        self.data.transform, self.config.evaluation.batch_size, self.fabric.device)
+    def _check_vector(self, vector: Any, component: Any, context: RoundContext) -> None:
+        """A strategy or server plugin must return a finite vector shaped like the global model."""
+        expected = self.global_vector
+        problem = None
+        if not isinstance(vector, torch.Tensor):
+            problem = f"a {type(vector).__name__}"
+        elif vector.shape != expected.shape:
+            problem = f"a vector of shape {tuple(vector.shape)}"
+        elif not math.isfinite(float(vector.sum())):
+            problem = "non-finite values"
+        if problem:
+            raise RunFailure(f"{self.labels.get(id(component), type(component).__name__)} returned {problem} in round "
+                             f"{context.index + 1}, where a finite vector of shape {tuple(expected.shape)} (the global "
+                             "model's trainable parameters) was expected; the global model was not updated")
 
-    def _log_agent_epoch(self, record: dict[str, float]) -> None:
-        self.agent_log_step += 1
-        if self.agent_logger is not None:
-            self.agent_logger.log_metrics(dict(record), step=self.agent_log_step)
-        step = record["round"] * self.training.epochs + record["epoch"]
-        scalars = {f"agent_{record['agent']}/train_loss": record["loss"],
-                   f"agent_{record['agent']}/train_acc": record["acc"]}
-        for logger in self.loggers:
-            if type(logger).__name__ != "CSVLogger":
-                logger.log_metrics(scalars, step=int(step))
+    def _note_idle_round(self, context: RoundContext) -> None:
+        """A round without an accepted update leaves the model as it was; too many in a row stop the
+        run (``federation.stall_rounds``), so that a run of skipped agents cannot end with exit 0."""
+        self.idle_rounds += 1
+        limit = self.federation.stall_rounds
+        if self.idle_rounds >= limit:
+            raise RunFailure(f"no update was accepted in {self.idle_rounds} consecutive rounds (up to round "
+                             f"{context.index + 1}; federation.stall_rounds = {limit}): every selected agent failed or "
+                             "was dropped. The checkpoint before these rounds is intact.")
+
+    def _row(self, context: RoundContext, results: list[AgentResult], accepted: list[AgentResult],
+             local_metrics: list[dict[str, float]]) -> dict[str, Any]:
+        statuses = [r.status for r in results]
+        row: dict[str, Any] = {
+            "round": context.index + 1, "selected": len(results),
+            "completed": statuses.count(AgentStatus.COMPLETED), "partial": statuses.count(AgentStatus.PARTIAL),
+            "dropped": statuses.count(AgentStatus.DROPPED), "skipped": statuses.count(AgentStatus.FAILED),
+            "lr": context.lr, "agents_seen": self.agents_seen,
+        }
+        if accepted:
+            weights = np.array([u.num_samples for u in accepted], dtype=np.float64)
+            row["train_loss"] = float(np.average([u.metrics.get("loss", np.nan) for u in accepted], weights=weights))
+        if local_metrics:
+            row["local_loss"] = float(np.mean([m["loss"] for m in local_metrics]))
+            row["local_acc"] = float(np.mean([m["acc"] for m in local_metrics]))
+        return row
+
+    def _evaluate(self, context: RoundContext) -> dict[str, float]:
+        """Evaluate phase: the new global model on the test split, then the components' own scores."""
+        self.weights.load(self.global_vector, self.global_buffers)
+        batch, device = self.config.evaluation.batch_size, self.fabric.device
+
+        def score(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+            return evaluate(self.module, x, y, self.data.transform, batch, device)
+
+        metrics = score(self.data.x_test, self.data.y_test)
+        for component in self.phase["on_evaluate"]:
+            component.on_evaluate(context, score)
+        return {"test_loss": metrics["loss"], "test_acc": metrics["acc"]}
+
+    def _evaluate_on_shards(self, agents: np.ndarray) -> list[dict[str, float]]:
+        """The global model on each selected agent's own shard (empty shards are left out)."""
+        self.weights.load(self.global_vector, self.global_buffers)
+        scores = []
+        for agent in agents.tolist():
+            shard = torch.from_numpy(self.population.shard(agent))
+            if len(shard):
+                scores.append(evaluate(self.module, self.data.x_train[shard], self.data.y_train[shard],
+                                       self.data.transform, self.config.evaluation.batch_size, self.fabric.device))
+        return scores
 
     # -------------------------------------------------------------------------------- state
+    def checkpoint(self) -> None:
+        """Write the checkpoint (rank 0); every rank forgets the per-agent changes it holds."""
+        if not self.is_main:
+            self.population.mark_saved()
+            return
+        self.store.save(self.state_dict(), self.manifest(), self.population, self.next_round)
+
+    def manifest(self) -> dict[str, Any]:
+        """What a checkpoint is checked against before a resume."""
+        from flcore import __version__
+
+        return {"flcore": __version__, "agents": len(self.population), "model": self.weights.shapes(),
+                "fingerprint": config_fingerprint(config_to_dict(self.config), RESUMABLE_FIELDS),
+                "fields": [{"name": f.name, "dtype": f.dtype, "default": f.default if f.dtype else None}
+                           for f in self.population.fields()]}
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs; random streams are derived from seed and round."""
-        population = self.population.state_dict()
+        """The server side of the run; per-agent state goes to the checkpoint's journal."""
         return {
-            "format": CHECKPOINT_FORMAT,
             "next_round": self.next_round,
             "global_vector": self.global_vector.detach().cpu(),
             "global_buffers": {k: v.detach().cpu() for k, v in self.global_buffers.items()},
-            "aggregator": self.aggregator.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "population": {"columns": {k: torch.from_numpy(v) for k, v in population["columns"].items()},
-                           "objects": population["objects"]},
-            "times_selected": torch.from_numpy(self.times_selected.copy()),
+            "components": {key: c.state_dict() for key, c in self._stateful().items()},
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
-            "agent_log_step": self.agent_log_step,
+            "agent_log_step": self.recorder.agent_log_step,
+            "agents_seen": self.agents_seen,
+            "idle_rounds": self.idle_rounds,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint written by :meth:`state_dict`."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise RunFailure(f"checkpoint format {state.get('format')!r} is not supported (expected {CHECKPOINT_FORMAT})")
+    def _stateful(self) -> dict[str, Any]:
+        keyed = {"sampler": self.sampler, "aggregator": self.strategy, "backend": self.backend}
+        for kind, items in (("server_plugin", self.server_plugins), ("agent_plugin", self.agent_plugins),
+                            ("agent_metadata", self.metadata)):
+            for index, item in enumerate(items):
+                keyed[f"{kind}[{index}]:{item.component_name}"] = item
+        return keyed
+
+    def resume(self) -> None:
+        """Restore the run folder's checkpoint after checking it belongs to this run."""
+        checkpoint = self.store.load()
+        self._check_manifest(checkpoint["manifest"])
+        self.store.restore_population(self.population)
+        state = checkpoint["state"]
         device = self.fabric.device
         self.next_round = int(state["next_round"])
         self.global_vector = state["global_vector"].to(device)
         self.global_buffers = {k: v.to(device) for k, v in state["global_buffers"].items()}
-        self.aggregator.load_state_dict(state["aggregator"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.population.load_state_dict(
-            {"columns": {k: v.numpy() for k, v in state["population"]["columns"].items()},
-             "objects": state["population"]["objects"]}
-        )
-        self.times_selected = state["times_selected"].numpy().copy()
+        stateful = self._stateful()
+        if set(state["components"]) != set(stateful):
+            raise CorruptFile(f"'{self.store.file}' holds state of components {sorted(state['components'])}, this run "
+                              f"has {sorted(stateful)}")
+        for key, component in stateful.items():
+            component.load_state_dict(state["components"][key])
         self.history = list(state["history"])
-        self.agent_log_step = int(state["agent_log_step"])
+        self.recorder.agent_log_step = int(state["agent_log_step"])
+        self.agents_seen = int(state["agents_seen"])
+        self.idle_rounds = int(state["idle_rounds"])
         torch.set_rng_state(state["torch_rng"])
 
-    # -------------------------------------------------------------------------------- driver
-    def run(self, stop_after_rounds: int | None = None) -> None:
-        """Run the remaining rounds (at most ``stop_after_rounds`` of them)."""
-        from tqdm.auto import tqdm
+    def _check_manifest(self, manifest: dict[str, Any]) -> None:
+        expected = self.manifest()
+        file = self.store.file
+        if manifest.get("fingerprint") != expected["fingerprint"]:
+            raise CorruptFile(f"'{file}' was written by a run with another config than this folder's config.yaml "
+                              "(only federation.rounds, evaluation.every, checkpoint.every and logging.progress may "
+                              "change on resume)")
+        if manifest.get("agents") != expected["agents"]:
+            raise CorruptFile(f"'{file}' holds {manifest.get('agents')} agents; this run has {expected['agents']}")
+        if [tuple(s) for _, s in manifest.get("model", [])] != [s for _, s in expected["model"]]:
+            raise CorruptFile(f"'{file}' holds a model of other shapes than this run's "
+                              f"{self.config.model.name} ({self.weights.size:,} trainable parameters)")
 
+    # -------------------------------------------------------------------------------- driver
+    def run(self, progress: str, stop_after_rounds: int | None = None) -> None:
+        """Run the remaining rounds (at most ``stop_after_rounds`` of them)."""
         rounds = range(self.next_round, self.federation.rounds)
         if stop_after_rounds is not None:
             rounds = rounds[:stop_after_rounds]
-        bar = tqdm(total=self.federation.rounds, initial=self.next_round, desc="rounds",
-                   disable=not self.show_progress, leave=False, dynamic_ncols=True)
-        for r in rounds:
-            row = self.run_round(r)
-            bar.update(1)
-            bar.set_postfix({k: f"{row[k]:.4f}" for k in ("train_loss", "test_acc") if k in row})
-        bar.close()
+        shown = Progress(progress if self.is_main else "off", self.federation.rounds, self.next_round)
+        try:
+            for r in rounds:
+                shown.update(self.run_round(r))
+        finally:
+            shown.close()
 
     def finish(self, started: float) -> dict[str, Any]:
         """Write the final model, sampling counts, profiler summary and summary.json (rank 0)."""
-        self.trainer.load(self.global_vector, self.global_buffers)
+        self.weights.load(self.global_vector, self.global_buffers)
+        final = self.history[-1] if self.history else {}
         if not self.is_main:
-            return {"final": self.history[-1] if self.history else {}, "parameters": self.model.parameter_counts()}
+            return {"final": final, "parameters": self.model.parameter_counts()}
         save_torch(self.model.state_dict(), self.run_dir.path / "model.pt")
-        self.run_dir.write_csv("metrics.csv", self.history)
+        self.recorder.write_metrics(self.history)
+        selected = self.population.column("selected_count")
         self.run_dir.write_csv(
             "sampling.csv",
             ({"agent": a, "times_selected": int(t), "samples": int(n)}
-             for a, (t, n) in enumerate(zip(self.times_selected, self.population.num_samples))),
+             for a, (t, n) in enumerate(zip(selected, self.population.num_samples))),
         )
-        for logger in self.loggers + ([self.agent_logger] if self.agent_logger else []):
-            logger.finalize("success")
-        self.profiler.describe()
+        profile = self.recorder.finalize()
         summary = {
             "rounds_completed": self.next_round,
-            "final": self.history[-1] if self.history else {},
+            "final": final,
             "best_test_acc": max((h["test_acc"] for h in self.history if "test_acc" in h), default=None),
             "parameters": self.model.parameter_counts(),
             "seconds": time.perf_counter() - started,
             "setup_seconds": self.setup_seconds,
-            "profile": self.profiler.summary() if hasattr(self.profiler, "recorded_durations") else "",
+            "backend": self.backend.component_name,
+            "profile": profile,
         }
         self.run_dir.write_json("summary.json", summary)
         return summary
 
 
-def run_federated(
-    experiment: Experiment,
-    out_dir: str | Path,
-    resume_dir: str | Path | None,
-    progress: bool | None,
-    stop_after_rounds: int | None,
-) -> RunResult:
+def run_federated(config: ExperimentConfig, components: dict[str, Any], provenance: dict[str, Any],
+                  out_dir: str | Path, resume_dir: str | Path | None, progress: bool | None,
+                  stop_after_rounds: int | None) -> RunResult:
     """Build a :class:`FederatedRun` in a new (or resumed) folder, run it, and summarise it."""
-    from flcore.experiment import RunResult
-
     started = time.perf_counter()
-    config = experiment.config
-    distributed = config.federation.backend == "distributed"
-    fabric = build_fabric(config.runtime, distributed)
-    exchange = None
-    if distributed:
-        from flcore.engine.distributed import UpdateExchange
-
-        exchange = UpdateExchange(fabric)
-    is_main = fabric.global_rank == 0
+    backend: Backend = components["backend"].build()
+    fabric = backend.launch(config.runtime)
+    is_main = backend.rank == 0
     if resume_dir is not None:
         run_dir = RunDirectory(resume_dir)
-        if not run_dir.checkpoint.is_file():
+        if not CheckpointStore(run_dir.path).exists():
             raise ConfigError(f"--resume {resume_dir}: no checkpoint.pt there to resume from.")
     else:
         path = RunDirectory.create(out_dir, config.name).path if is_main else None
-        run_dir = RunDirectory(exchange.broadcast(path) if exchange else path)
+        run_dir = RunDirectory(backend.broadcast(path))
         if is_main:
             run_dir.write_config(config_to_dict(config))
-            run_dir.write_json("plugins.json", experiment.provenance())
+            run_dir.write_json("plugins.json", provenance)
     try:
-        run = FederatedRun(experiment, run_dir, progress, fabric, exchange)
+        run = FederatedRun(config, components, run_dir, backend, fabric)
+        if resume_dir is not None:
+            run.resume()
     except BaseException:
         if resume_dir is None and is_main:  # never leave a half-written run folder behind
             shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
-    if resume_dir is not None:
-        run.load_state_dict(load_torch(run_dir.checkpoint))
-    elif is_main:
+    if resume_dir is None and is_main:
         record = partition_record(run.partition, run.data.train_labels, run.data.num_classes)
         run_dir.write_json("partition.json", record)
-        for logger in run.loggers:
-            logger.log_hyperparams(config_to_dict(config) | {"partition": record["statistics"]})
+        run.recorder.hyperparams(config_to_dict(config) | {"partition": record["statistics"]})
     run.setup_seconds = time.perf_counter() - started
-    run.run(stop_after_rounds)
+    run.run(progress_mode(config.logging.progress, progress), stop_after_rounds)
     summary = run.finish(started)
     state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
-    return RunResult(run_dir.path, run.history, summary, state, rank=fabric.global_rank)
+    return RunResult(run_dir.path, run.history, summary, state, rank=backend.rank)

@@ -1,169 +1,23 @@
-"""Local training of one agent on one reused model.
+"""Local training of one agent on one reused model, running the agent-side plugins.
 
 The model is set up once per process; each agent loads the global weights into it, trains on batches
 sliced from the dataset's tensors, and returns its update. No Trainer, no model copy, no DataLoader
-per agent: that fixed cost is what made TorchFL slow with many small clients.
+per agent: that fixed cost is what made TorchFL slow with many small clients. Backends reuse this
+loop (``sequential`` and ``distributed`` train with it; ``vectorized`` falls back to it).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
-
 import torch
 
-from flcore.agents import AgentPopulation
-from flcore.aggregation import Aggregator, ClientUpdate, LocalContext
-from flcore.config import TrainingConfig
-from flcore.engine import seeding
+from flcore import seeding
+from flcore.agent_plugin import AgentPlugin
+from flcore.backend import TrainingSetup
+from flcore.engine.weights import ModelWeights, flatten
+from flcore.protocol import AgentContext, AgentFailure, AgentResult, AgentState, Instruction, RoundContext, \
+    overrides, split_like
 from flcore.training import build_optimizer, compute_loss
-
-
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One vector holding every tensor's values (a copy)."""
-    return torch.cat([t.detach().reshape(-1) for t in tensors])
-
-
-@torch.no_grad()
-def load_vector(tensors: list[torch.Tensor], vector: torch.Tensor) -> None:
-    """Copy ``vector``'s values into ``tensors`` in place (never aliasing it)."""
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(vector[offset : offset + n].view_as(t))
-        offset += n
-
-
-@dataclass
-class AgentFailure(Exception):
-    """An agent whose local training raised or produced non-finite weights."""
-
-    agent_id: int
-    round_index: int
-    reason: str
-    cause: BaseException | None = None  # the original error, kept for --debug tracebacks
-
-    def __str__(self) -> str:
-        return f"agent {self.agent_id} failed in round {self.round_index}: {self.reason}"
-
-    @classmethod
-    def non_finite(cls, agent_id: int, round_index: int, loss: float) -> AgentFailure:
-        """The failure of an agent whose loss or weights are NaN or infinite."""
-        return cls(agent_id, round_index, f"local training produced non-finite weights (loss {loss})")
-
-
-class LocalTrainer:
-    """Trains agents one after another on a single model and device."""
-
-    def __init__(
-        self,
-        fabric: Any,
-        model: torch.nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        transform: Callable[[torch.Tensor], torch.Tensor],
-        seed: int,
-    ) -> None:
-        self.fabric = fabric
-        self.module = model
-        self.model = fabric.setup_module(model)
-        self.device = fabric.device
-        self.x, self.y = x, y
-        self.transform = transform
-        self.seed = seed
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.buffers = {name: b for name, b in model.named_buffers()}
-
-    # ------------------------------------------------------------------------------ state
-    def global_vector(self) -> torch.Tensor:
-        """The model's trainable parameters as one vector."""
-        return flatten(self.params)
-
-    def buffer_state(self) -> dict[str, torch.Tensor]:
-        """A copy of the model's buffers (BatchNorm statistics and counters)."""
-        return {name: b.detach().clone() for name, b in self.buffers.items()}
-
-    @torch.no_grad()
-    def load(self, vector: torch.Tensor, buffers: dict[str, torch.Tensor]) -> None:
-        """Put global weights and buffers into the model."""
-        load_vector(self.params, vector)
-        for name, value in buffers.items():
-            self.buffers[name].copy_(value)
-
-    # ------------------------------------------------------------------------------ training
-    def train_agent(
-        self,
-        agent_id: int,
-        round_index: int,
-        population: AgentPopulation,
-        global_vector: torch.Tensor,
-        global_buffers: dict[str, torch.Tensor],
-        training: TrainingConfig,
-        lr: float,
-        aggregator: Aggregator,
-        log_epoch: Callable[[dict[str, float]], None] | None = None,
-    ) -> ClientUpdate:
-        """Train one agent from the global weights and return its update."""
-        self.load(global_vector, global_buffers)
-        shard = torch.from_numpy(population.shard(agent_id))
-        n = len(shard)
-        if n == 0:
-            raise AgentFailure(agent_id, round_index, "its shard is empty")
-        seeding.seed_torch(self.seed, seeding.TRAINING, round_index, agent_id)
-        order_gen = seeding.torch_generator(self.seed, seeding.TRAINING, round_index, agent_id, 1)
-        optimizer = build_optimizer(training.optimizer, self.params)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer = self.fabric.setup_optimizers(optimizer)
-        context = LocalContext(agent_id, round_index, population, self.params,
-                               _split_like(global_vector, self.params), lr)
-        hooks = aggregator.uses_local_hooks()
-        aggregator.on_local_start(context)
-        batch_size = training.batch_size or n
-        self.model.train()
-        loss_value = float("nan")
-        for epoch in range(training.epochs):
-            order = shard[torch.randperm(n, generator=order_gen)]
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen = 0
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                xb = self.transform(self.x[idx].to(self.device, non_blocking=True))
-                yb = self.y[idx].to(self.device, non_blocking=True)
-                logits = self.model(xb)
-                loss = compute_loss(logits, yb, training)
-                objective = loss
-                if hooks:
-                    penalty = aggregator.local_penalty(context)
-                    if penalty is not None:
-                        objective = loss + penalty
-                optimizer.zero_grad(set_to_none=True)
-                self.fabric.backward(objective)
-                if hooks:
-                    aggregator.on_before_step(context)
-                if training.grad_clip_norm is not None:
-                    self.fabric.clip_gradients(self.model, optimizer, max_norm=training.grad_clip_norm)
-                optimizer.step()
-                context.steps += 1
-                loss_sum += loss.detach() * len(idx)
-                correct += (logits.detach().argmax(dim=1) == yb).sum()
-                seen += len(idx)
-                if training.max_steps is not None and context.steps >= training.max_steps:
-                    break
-            loss_value = float(loss_sum) / seen
-            if log_epoch is not None:
-                log_epoch({"agent": agent_id, "round": round_index, "epoch": epoch,
-                           "loss": loss_value, "acc": float(correct) / seen, "samples": seen})
-            if training.max_steps is not None and context.steps >= training.max_steps:
-                break
-        delta = flatten(self.params) - global_vector
-        if diverged(loss_value, delta):
-            raise AgentFailure.non_finite(agent_id, round_index, loss_value)
-        update = ClientUpdate(agent_id, delta, n, {"loss": loss_value}, self.buffer_state())
-        aggregator.on_local_end(context, update)
-        return update
 
 
 def diverged(loss: float, delta: torch.Tensor) -> bool:
@@ -172,5 +26,125 @@ def diverged(loss: float, delta: torch.Tensor) -> bool:
     return not math.isfinite(loss) or not math.isfinite(float(delta.sum()))
 
 
-def _split_like(vector: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [chunk.view_as(t) for chunk, t in zip(torch.split(vector, [t.numel() for t in tensors]), tensors)]
+def non_finite(agent_id: int, loss: float, num_samples: int) -> AgentResult:
+    """The failed result of an agent whose loss or weights are NaN or infinite."""
+    return AgentResult.failed(agent_id, f"local training produced non-finite weights (loss {loss})", num_samples)
+
+
+def plugins_overriding(plugins: list[AgentPlugin], method: str) -> list[AgentPlugin]:
+    """The plugins that implement ``method``: the engine calls a step only where it does something."""
+    return [p for p in plugins if overrides(p, method, AgentPlugin)]
+
+
+class LocalTrainer:
+    """Trains agents one after another on a single model and device."""
+
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.setup = setup
+        self.fabric = setup.fabric
+        self.model = setup.module
+        self.device = setup.fabric.device
+        self.weights = ModelWeights(setup.model)
+        self.params = self.weights.params
+        plugins = list(setup.agent_plugins)
+        self.starting = plugins_overriding(plugins, "on_agent_start")
+        self.batching = plugins_overriding(plugins, "transform_batch")
+        self.penalizing = plugins_overriding(plugins, "loss_term")
+        self.stepping = plugins_overriding(plugins, "before_step")
+        self.finishing = plugins_overriding(plugins, "on_update")
+
+    def run(self, context: RoundContext, instruction: Instruction) -> AgentResult:
+        """Train one agent; a raise or a divergence becomes a failed result (never propagates)."""
+        agent = instruction.agent_id
+        n = int(self.setup.population.num_samples[agent])
+        try:
+            return self.train_agent(context, instruction)
+        except AgentFailure as exc:
+            return AgentResult.failed(agent, exc.reason, n)
+        except Exception as exc:  # the failure policy decides; never a bare traceback
+            return AgentResult.failed(agent, repr(exc), n, cause=exc)
+
+    def train_agent(self, context: RoundContext, instruction: Instruction) -> AgentResult:
+        """Train one agent from the global weights as instructed and return its result."""
+        setup, training = self.setup, self.setup.training
+        agent_id, round_index = instruction.agent_id, context.index
+        shard = torch.from_numpy(setup.population.shard(agent_id))
+        n = len(shard)
+        if not instruction.participate:
+            return AgentResult.dropped(agent_id, "instructed not to take part", n)
+        if n == 0:
+            raise AgentFailure("its shard is empty")
+        self.weights.load(context.global_vector, context.global_buffers)
+        seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, agent_id)
+        order_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, agent_id, 1)
+        lr = context.lr * instruction.lr_scale
+        optimizer = build_optimizer(training.optimizer, self.params)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer = self.fabric.setup_optimizers(optimizer)
+        agent = AgentContext(agent_id, round_index, instruction, self.params,
+                             split_like(context.global_vector, self.params), lr, n,
+                             AgentState(setup.population, agent_id), model=self.model)
+        for plugin in self.starting:
+            plugin.on_agent_start(agent)
+        batch_size = training.batch_size or n
+        max_steps = instruction.max_steps
+        self.model.train()
+        loss_value, history = float("nan"), []
+        for epoch in range(instruction.epochs):
+            agent.epoch = epoch
+            order = shard[torch.randperm(n, generator=order_gen)]
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            seen = 0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                xb = setup.transform(setup.x[idx].to(self.device, non_blocking=True))
+                yb = setup.y[idx].to(self.device, non_blocking=True)
+                for plugin in self.batching:
+                    xb, yb = plugin.transform_batch(agent, xb, yb)
+                logits = self.model(xb)
+                loss = compute_loss(logits, yb, training)
+                objective = loss
+                for plugin in self.penalizing:
+                    term = plugin.loss_term(agent, self.params, agent.global_params)
+                    if term is not None:
+                        objective = objective + term
+                optimizer.zero_grad(set_to_none=True)
+                self.fabric.backward(objective)
+                for plugin in self.stepping:
+                    plugin.before_step(agent)
+                if training.grad_clip_norm is not None:
+                    self.fabric.clip_gradients(self.model, optimizer, max_norm=training.grad_clip_norm)
+                optimizer.step()
+                agent.steps += 1
+                loss_sum += loss.detach() * len(idx)
+                correct += (logits.detach().argmax(dim=1) == yb).sum()
+                seen += len(idx)
+                if max_steps is not None and agent.steps >= max_steps:
+                    break
+            loss_value = float(loss_sum) / seen
+            history.append({"agent": agent_id, "round": round_index, "epoch": epoch,
+                            "loss": loss_value, "acc": float(correct) / seen, "samples": seen})
+            if max_steps is not None and agent.steps >= max_steps:
+                break
+        delta = flatten(self.params) - context.global_vector
+        if diverged(loss_value, delta):
+            return non_finite(agent_id, loss_value, n)
+        result = AgentResult(agent_id, delta, n, {"loss": loss_value}, self.weights.buffer_state(),
+                             steps=agent.steps, epochs=len(history), history=history)
+        return finish_update(self.finishing, agent, result)
+
+
+def finish_update(plugins: list[AgentPlugin], agent: AgentContext, result: AgentResult) -> AgentResult:
+    """Run the plugins' ``on_update`` on a finished update, then attach what they wrote and sent."""
+    for plugin in plugins:
+        plugin.on_update(agent, result)
+    if plugins and result.delta is not None and not math.isfinite(float(result.delta.sum())):
+        names = ", ".join(type(p).__name__ for p in plugins)
+        return AgentResult.failed(agent.agent_id, f"agent-side plugins ({names}) made the update non-finite",
+                                  result.num_samples)
+    result.state.update(agent.state.written)
+    result.extra.update(agent.extra)
+    return result
+

@@ -8,7 +8,8 @@ Layout (documented in docs/outputs.md)::
         partition.json   samples and classes per agent
         metrics.csv      one row per round (or epoch), rewritten atomically
         sampling.csv     how often each agent was selected
-        checkpoint.pt    the latest checkpoint, replaced atomically
+        checkpoint.pt    the latest checkpoint (sealed: checked before a resume), replaced atomically
+        agents/          per-agent state written since the start, one file per checkpoint
         model.pt         the final global model's state dict
         summary.json     final metrics, parameter counts, timings
         profile*.txt     the Lightning profiler's summary
@@ -67,14 +68,15 @@ class RunDirectory:
     def write_json(self, name: str, data: Any) -> None:
         write_json(self.path / name, data)
 
-    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Write rows as CSV atomically; columns are the union of keys in first-seen order."""
+    def write_csv(self, name: str, rows: Iterable[Mapping[str, Any]], columns: Iterable[str] = ()) -> None:
+        """Write rows as CSV atomically: the given ``columns`` first, always, then the other keys of
+        the rows in first-seen order; a cell is empty where a row has no value."""
         rows = list(rows)
-        columns: dict[str, None] = {}
+        columns = dict.fromkeys(columns)
         for row in rows:
             columns.update(dict.fromkeys(row))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(columns))
+        writer = csv.DictWriter(buffer, fieldnames=list(columns), restval="")
         writer.writeheader()
         writer.writerows(rows)
         write_text(self.path / name, buffer.getvalue())

@@ -24,7 +24,7 @@ from torch import nn
 from flcore.agents import AgentPopulation
 from flcore.aggregation import Aggregator, ClientUpdate
 from flcore.config import TrainingConfig
-from flcore.engine import seeding
+from flcore import seeding
 from flcore.engine.local import flatten
 
 

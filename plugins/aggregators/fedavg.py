@@ -7,8 +7,9 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
-from flcore.aggregation import ClientUpdate, MeanAggregator
+from flcore.aggregation import MeanAggregator
 from flcore.params import ComponentParams
+from flcore.protocol import AgentResult, RoundContext
 
 
 class FedAvgParams(ComponentParams):
@@ -21,7 +22,7 @@ class FedAvg(MeanAggregator):
 
     Params = FedAvgParams
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
         return global_vector + self.params.server_lr * self.mean_delta(updates)
 
 
@@ -49,7 +50,7 @@ class FedAvgM(MeanAggregator):
         super().__init__(params)
         self.velocity: torch.Tensor | None = None
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
         delta = self.mean_delta(updates)
         if self.velocity is None:
             self.velocity = torch.zeros_like(delta)

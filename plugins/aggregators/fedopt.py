@@ -15,8 +15,9 @@ from typing import Any, Sequence
 import torch
 from pydantic import Field
 
-from flcore.aggregation import ClientUpdate, MeanAggregator
+from flcore.aggregation import MeanAggregator
 from flcore.params import ComponentParams
+from flcore.protocol import AgentResult, RoundContext
 
 
 class FedOptParams(ComponentParams):
@@ -38,7 +39,7 @@ class _FedOpt(MeanAggregator):
     def _second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
         p = self.params
         delta = self.mean_delta(updates)
         if self.m is None:

@@ -1,12 +1,13 @@
-"""FedProx: local training with a proximal term toward the global weights (Li et al. 2020)."""
+"""FedProx (Li et al. 2020): FedAvg on the server, a proximal term in local training."""
 
 from __future__ import annotations
 
-import torch
+from typing import Sequence
+
 from flcore_plugins.aggregators.fedavg import FedAvg, FedAvgParams
 from pydantic import Field
 
-from flcore.aggregation import LocalContext
+from flcore.protocol import Requirement
 
 
 class FedProxParams(FedAvgParams):
@@ -14,12 +15,11 @@ class FedProxParams(FedAvgParams):
 
 
 class FedProx(FedAvg):
-    """FedAvg on the server; each agent minimises ``loss + mu/2 * ||w - w_global||^2``."""
+    """FedAvg on the server; requires the ``proximal`` agent-side plugin with the same ``mu``, so
+    that each agent minimises ``loss + mu/2 * ||w - w_global||^2``."""
 
     Params = FedProxParams
 
-    def local_penalty(self, context: LocalContext) -> torch.Tensor | None:
-        if self.params.mu == 0:
-            return None
-        squared = sum(((p - g) ** 2).sum() for p, g in zip(context.params, context.global_params))
-        return 0.5 * self.params.mu * squared
+    @classmethod
+    def requirements(cls, params: FedProxParams) -> Sequence[Requirement]:
+        return (Requirement("agent_plugin", "flcore:proximal", {"mu": params.mu}),)

@@ -11,14 +11,15 @@ from typing import Sequence
 import torch
 from pydantic import Field
 
-from flcore.aggregation import Aggregator, ClientUpdate, stack_deltas
+from flcore.aggregation import Aggregator, stack_deltas
 from flcore.params import ComponentParams
+from flcore.protocol import AgentResult, RoundContext
 
 
 class FedMedian(Aggregator):
     """``W <- W + median_k delta_k`` per coordinate (the mean of the two middle values when even)."""
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
         ordered = stack_deltas(updates).sort(dim=0).values
         n = ordered.shape[0]
         median = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
@@ -34,7 +35,7 @@ class TrimmedMean(Aggregator):
 
     Params = TrimmedMeanParams
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
         ordered = stack_deltas(updates).sort(dim=0).values
         cut = int(math.floor(self.params.beta * ordered.shape[0]))
         return global_vector + ordered[cut : ordered.shape[0] - cut].mean(dim=0)
@@ -62,7 +63,7 @@ class Krum(Aggregator):
 
     Params = KrumParams
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
         deltas = stack_deltas(updates)
         return global_vector + deltas[int(krum_scores(deltas, self.params.byzantine).argmin())]
 
@@ -76,7 +77,7 @@ class MultiKrum(Aggregator):
 
     Params = MultiKrumParams
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[ClientUpdate], round_index: int) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
         deltas = stack_deltas(updates)
         scores = krum_scores(deltas, self.params.byzantine)
         m = min(self.params.m or deltas.shape[0] - self.params.byzantine, deltas.shape[0])

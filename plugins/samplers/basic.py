@@ -9,7 +9,7 @@ from pydantic import Field
 
 from flcore.agents import AgentPopulation
 from flcore.params import ComponentParams
-from flcore.sampling import Sampler
+from flcore.sampling import Sampler, candidates
 
 
 class CountParams(ComponentParams):
@@ -26,16 +26,20 @@ class UniformSampler(Sampler):
 
     Params = CountParams
 
-    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
+               available: np.ndarray | None = None) -> np.ndarray:
         total = len(population)
-        return np.sort(rng.choice(total, size=self.params.how_many(total), replace=False))
+        if available is None:  # an int population: numpy draws k ids without building all N
+            return np.sort(rng.choice(total, size=self.params.how_many(total), replace=False))
+        return np.sort(rng.choice(available, size=min(self.params.how_many(total), len(available)), replace=False))
 
 
 class AllSampler(Sampler):
     """Every agent."""
 
-    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator) -> np.ndarray:
-        return np.arange(len(population))
+    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
+               available: np.ndarray | None = None) -> np.ndarray:
+        return candidates(population, available)
 
 
 class WeightedSampler(Sampler):
@@ -43,14 +47,17 @@ class WeightedSampler(Sampler):
 
     Params = CountParams
 
-    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator) -> np.ndarray:
-        sizes = population.num_samples.astype(np.float64)
+    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
+               available: np.ndarray | None = None) -> np.ndarray:
+        ids = candidates(population, available)
+        sizes = population.num_samples[ids].astype(np.float64)
         k = min(self.params.how_many(len(population)), int((sizes > 0).sum()))
-        return np.sort(rng.choice(len(population), size=k, replace=False, p=sizes / sizes.sum()))
+        return np.sort(rng.choice(ids, size=k, replace=False, p=sizes / sizes.sum()))
 
 
 class RoundRobinSampler(Sampler):
-    """Agents in id order, ``k`` at a time, wrapping around; the position is checkpointed."""
+    """Agents in id order, ``k`` at a time, wrapping around; the position is checkpointed. Agents that
+    are unavailable when their turn comes are skipped for that pass."""
 
     Params = CountParams
 
@@ -58,12 +65,13 @@ class RoundRobinSampler(Sampler):
         super().__init__(params)
         self.position = 0
 
-    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
+               available: np.ndarray | None = None) -> np.ndarray:
         total = len(population)
         k = self.params.how_many(total)
         chosen = (self.position + np.arange(k)) % total
         self.position = int((self.position + k) % total)
-        return chosen
+        return chosen if available is None else chosen[np.isin(chosen, available)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position}

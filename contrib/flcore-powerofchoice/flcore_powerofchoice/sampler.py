@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from pydantic import Field, model_validator
 
 from flcore.agents import AgentPopulation
 from flcore.params import ComponentParams
-from flcore.sampling import Sampler
+from flcore.protocol import Requirement
+from flcore.sampling import Sampler, candidates
 
 
 class PowerOfChoiceParams(ComponentParams):
@@ -22,17 +25,22 @@ class PowerOfChoiceParams(ComponentParams):
 
 
 class PowerOfChoice(Sampler):
-    """Reads the ``last_loss`` agent metadata column (from flcore's ``participation`` component)."""
+    """Reads the ``last_loss`` agent field of flcore's ``participation`` metadata, which it requires
+    (so a config need not enable it)."""
 
     Params = PowerOfChoiceParams
 
-    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator) -> np.ndarray:
-        if "last_loss" not in population.columns:
-            raise RuntimeError("power_of_choice needs the 'last_loss' agent metadata of flcore's 'participation'")
-        sizes = population.num_samples.astype(np.float64)
+    @classmethod
+    def requirements(cls, params: PowerOfChoiceParams) -> Sequence[Requirement]:
+        return (Requirement("agent_metadata", "flcore:participation"),)
+
+    def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
+               available: np.ndarray | None = None) -> np.ndarray:
+        ids = candidates(population, available)
+        sizes = population.num_samples[ids].astype(np.float64)
         d = min(self.params.candidates, int((sizes > 0).sum()))
-        candidates = rng.choice(len(population), size=d, replace=False, p=sizes / sizes.sum())
-        loss = population.columns["last_loss"][candidates].astype(np.float64)
+        drawn = rng.choice(ids, size=d, replace=False, p=sizes / sizes.sum())
+        loss = population.column("last_loss")[drawn].astype(np.float64)
         loss = np.where(np.isnan(loss), np.inf, loss)
-        order = np.lexsort((candidates, -loss))  # highest loss first; ties by id, deterministic
-        return np.sort(candidates[order[: min(self.params.count, d)]])
+        order = np.lexsort((drawn, -loss))  # highest loss first; ties by id, deterministic
+        return np.sort(drawn[order[: min(self.params.count, d)]])

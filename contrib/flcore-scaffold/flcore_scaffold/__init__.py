@@ -1,4 +1,5 @@
-"""SCAFFOLD for flcore: registered through the ``flcore`` entry point group."""
+"""SCAFFOLD for flcore: a strategy and its agent-side plugin, registered through the ``flcore``
+entry point group."""
 
 from flcore import hookimpl
 
@@ -10,6 +11,6 @@ def register_aggregators(register):
 
 
 @hookimpl
-def register_agent_metadata(register):
-    register("scaffold_control", "flcore_scaffold.scaffold:ControlVariates",
-             "Each agent's SCAFFOLD control variate c_i (sparse: only agents that trained hold one).")
+def register_agent_plugins(register):
+    register("scaffold_correction", "flcore_scaffold.scaffold:ScaffoldCorrection",
+             "SCAFFOLD's agent side: corrects each step by c - c_i and keeps c_i per agent.")

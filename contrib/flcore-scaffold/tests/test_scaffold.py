@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from flcore.engine.state_store import read_checkpoint
 from flcore.testing import check_aggregator, run_tiny_experiment, tiny_config
 
 
@@ -21,10 +22,10 @@ def test_first_round_is_fedavg_and_control_variates_follow_option_2(tmp_path):
         "federation": config["federation"] | {"aggregator": {"name": "fedavg", "weighted": False}}})
     for name, value in fedavg.state_dict.items():
         torch.testing.assert_close(scaffold.state_dict[name], value)
-    checkpoint = torch.load(next((tmp_path / "s").glob("*/checkpoint.pt")), weights_only=True)
-    variates = checkpoint["population"]["objects"]["scaffold_c"]
+    checkpoint = read_checkpoint(scaffold.run_dir)
+    variates = checkpoint["sparse"]["scaffold_c"]
     assert sorted(variates) == [0, 1, 2, 3]
-    server_c = checkpoint["aggregator"]["c"]
+    server_c = checkpoint["state"]["components"]["aggregator"]["c"]
     torch.testing.assert_close(server_c, torch.stack([variates[a] for a in range(4)]).mean(0))
 
 
@@ -32,3 +33,16 @@ def test_scaffold_learns_on_non_iid_shards(tmp_path):
     config = tiny_config(rounds=8, aggregator="scaffold", partitioner={"name": "niid", "niid_factor": 2})
     result = run_tiny_experiment(tmp_path, config)
     assert result.history[-1]["test_acc"] > 0.5
+
+
+def test_a_resumed_scaffold_run_keeps_every_control_variate(tmp_path):
+    """c_i live in the population: a run stopped after 2 rounds and resumed equals a straight run."""
+    from flcore.config import validate_config
+    from flcore.experiment import Experiment
+
+    config = validate_config(tiny_config(rounds=4, aggregator="scaffold", agents=6))
+    straight = Experiment(config).run(out_dir=tmp_path / "a", progress=False)
+    stopped = Experiment(config).run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=2)
+    resumed = Experiment(config).run(resume_dir=stopped.run_dir, progress=False)
+    for name, value in straight.state_dict.items():
+        assert torch.equal(resumed.state_dict[name], value), name

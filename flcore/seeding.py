@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-PARTITION, SAMPLING, TRAINING, INIT, EVALUATION = range(5)
+PARTITION, SAMPLING, TRAINING, INIT, EVALUATION, PLUGINS = range(6)
 
 
 def derive_seed(seed: int, *keys: int) -> int:

@@ -1,0 +1,110 @@
+"""Building a federated run's parts from its resolved components, one named job at a time.
+
+:func:`assemble` reads top to bottom: the data and model, the partition, the round components, the
+population with every field those components declare, and the backend (with its fallback). Each job
+turns a component's rejection of this experiment into bad input (exit code 2) that names the config
+section, before any round runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from flcore import seeding
+from flcore.agents import AgentField, AgentPopulation
+from flcore.backend import Backend, TrainingSetup, Unsupported
+from flcore.config import ExperimentConfig
+from flcore.errors import ConfigError, RunFailure
+from flcore.protocol import SETUP_STREAM, RoundComponent, component_rng
+from flcore.resolve import Resolved
+
+#: per-agent fields the engine itself keeps (sampling.csv, agents_seen)
+ENGINE_FIELDS = (AgentField("selected_count", 0, "int64", "How many rounds the agent was selected in."),)
+
+
+def build_data_and_model(config: ExperimentConfig, components: dict[str, Any]) -> tuple[Any, Any]:
+    """The dataset, then the model for its inputs and classes (initialized from the seed)."""
+    data = components["dataset"].build()
+    seeding.seed_torch(config.seed, seeding.INIT)
+    with components["model"].rejecting():
+        model = components["model"].build(data.spec)
+    return data, model
+
+
+def build_partition(config: ExperimentConfig, components: dict[str, Any], data: Any) -> Any:
+    """The agents' shards, checked to be one per agent."""
+    resolved: Resolved = components["partitioner"]
+    agents = config.federation.agents
+    with resolved.rejecting():
+        partition = resolved.build().split(data.train_labels, agents, seeding.numpy_rng(config.seed, seeding.PARTITION),
+                                           data.groups)
+    if partition.num_agents != agents:
+        raise RunFailure(f"{resolved.label} returned {partition.num_agents} shards for federation.agents = {agents}")
+    return partition
+
+
+def build_components(components: dict[str, Any]) -> tuple[dict[str, Any], dict[int, str]]:
+    """The round components (sampler, strategy, plugins, metadata), each knowing its name."""
+    built: dict[str, Any] = {}
+    labels: dict[int, str] = {}
+    for kind in ("sampler", "aggregator"):
+        built[kind] = components[kind].build()
+        labels[id(built[kind])] = components[kind].label
+    for kind in ("agent_plugin", "server_plugin", "agent_metadata"):
+        built[kind] = []
+        for resolved in components[kind]:
+            item = resolved.build()
+            labels[id(item)] = resolved.label
+            built[kind].append(item)
+    return built, labels
+
+
+def build_population(partition: Any, parts: list[RoundComponent], seed: int) -> AgentPopulation:
+    """The population with every field the engine and the run's components declare, then each
+    component's :meth:`~flcore.protocol.RoundComponent.setup` from its own seeded stream."""
+    population = AgentPopulation(partition, ENGINE_FIELDS)
+    for part in parts:
+        for agent_field in part.state_fields():
+            try:
+                population.add_field(agent_field)
+            except ValueError as exc:
+                raise ConfigError(f"{part.component_name}: {exc}") from None
+    for part in parts:
+        part.setup(population, component_rng(seed, part, SETUP_STREAM))
+    return population
+
+
+def check_server_plugins(strategy: Any, server_plugins: list[Any], labels: dict[int, str]) -> None:
+    """Each server-side plugin accepts the strategy it wraps, or the run stops with exit code 2."""
+    for plugin in server_plugins:
+        reason = plugin.check_strategy(strategy)
+        if reason:
+            raise ConfigError(f"{labels.get(id(plugin))} cannot wrap {labels.get(id(strategy))}: {reason}")
+
+
+def prepare_backend(backend: Backend, setup: TrainingSetup, label: str) -> Backend:
+    """The backend, checked against the experiment; its fallback (with a warning) when it cannot
+    train it, or bad input naming both when it has none (``strict``)."""
+    try:
+        backend.check(setup)
+    except Unsupported as exc:
+        fallback = backend.fallback()
+        if fallback is None:
+            raise ConfigError(f"{label} cannot train this experiment: {exc}.") from None
+        warnings.warn(f"{label} cannot train this experiment ({exc}); falling back to "
+                      f"{type(fallback).__name__}", stacklevel=2)
+        fallback.component_name = backend.component_name
+        backend = fallback
+        backend.check(setup)
+    backend.prepare(setup)
+    return backend
+
+
+def training_tensors(data: Any, device: Any) -> tuple[Any, Any]:
+    """The training tensors, moved to an accelerator once rather than per batch."""
+    x, y = data.x_train, data.y_train
+    if device.type != "cpu":
+        x, y = x.to(device), y.to(device)
+    return x, y
+

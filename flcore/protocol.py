@@ -1,0 +1,300 @@
+"""The round protocol: what every component sees of a round, and in which order.
+
+A round is a fixed sequence of named phases (docs/concepts.md):
+
+1. **select**: the sampler chooses agents among the available ones;
+2. **instruct**: one :class:`Instruction` per selected agent (epochs or a step budget, a
+   learning-rate scale, participate or drop, a deadline, free key-values for plugins), which
+   components edit in :meth:`RoundComponent.configure_round`;
+3. **train**: the backend trains the instructed agents, running the agent-side plugins;
+4. **results**: one :class:`AgentResult` per agent, completed, partial, dropped or failed, which
+   components see (and may change) in :meth:`RoundComponent.on_results`;
+5. **aggregate**: server plugins process each accepted update, the strategy combines them (it sees
+   the failures too) into the next global weights plus metrics, and server plugins process the
+   aggregate;
+6. **evaluate and record**: the global model is evaluated, components add their metrics to the
+   round's row (namespaced by component), state is checkpointed.
+
+Every component kind derives from :class:`RoundComponent`, so any of them can take part in any
+phase; the engine calls a phase only on the components that override it.
+"""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from flcore.agents import AgentField, AgentPopulation
+from flcore.params import ComponentParams, NoParams
+
+if TYPE_CHECKING:
+    import torch
+
+
+class AgentStatus(str, enum.Enum):
+    """How an agent's part in a round ended."""
+
+    COMPLETED = "completed"  # did what it was instructed to do
+    PARTIAL = "partial"  # did less (a deadline, a straggler) but its update is kept
+    DROPPED = "dropped"  # did not take part, or its update is discarded (late, offline)
+    FAILED = "failed"  # raised, or produced non-finite weights
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the update reaches the server."""
+        return self in (AgentStatus.COMPLETED, AgentStatus.PARTIAL)
+
+
+@dataclass
+class Instruction:
+    """What the server tells one agent before it trains.
+
+    The engine fills the defaults from ``training``; components edit them in
+    :meth:`RoundComponent.configure_round`. ``extra`` carries free key-values (by convention
+    ``"<component>/<key>"``) from server-side components to agent-side plugins, such as SCAFFOLD's
+    server control variate.
+    """
+
+    agent_id: int
+    epochs: int
+    max_steps: int | None = None
+    lr_scale: float = 1.0
+    participate: bool = True
+    deadline: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AgentResult:
+    """What one agent's part in a round produced.
+
+    ``delta`` is ``W_local - W_global`` over the trainable parameters (the paper's equation 1).
+    ``steps`` and ``epochs`` are the local optimizer steps and epochs actually taken. ``state`` holds
+    the agent's per-agent state as written by agent-side plugins (the engine stores it in the
+    population once the update is accepted); ``extra`` is what agent-side plugins send to the server.
+    """
+
+    agent_id: int
+    delta: torch.Tensor | None
+    num_samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    status: AgentStatus = AgentStatus.COMPLETED
+    steps: int = 0
+    epochs: int = 0
+    state: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    reason: str = ""
+    cause: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def failed(cls, agent_id: int, reason: str, num_samples: int = 0, cause: BaseException | None = None
+               ) -> AgentResult:
+        """The result of an agent whose training raised or diverged."""
+        return cls(agent_id, None, num_samples, status=AgentStatus.FAILED, reason=reason, cause=cause)
+
+    @classmethod
+    def dropped(cls, agent_id: int, reason: str, num_samples: int = 0) -> AgentResult:
+        """The result of an agent that did not take part."""
+        return cls(agent_id, None, num_samples, status=AgentStatus.DROPPED, reason=reason)
+
+    def drop(self, reason: str) -> None:
+        """Discard this update (late, offline): the server will see it as a failure."""
+        self.status, self.reason, self.delta = AgentStatus.DROPPED, reason, None
+
+
+class AgentFailure(Exception):
+    """Raised inside local training to fail one agent with a reason (the engine applies
+    ``federation.on_agent_failure``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Aggregate:
+    """What a strategy returns: the next global weights, and metrics for the round's row."""
+
+    vector: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def component_name(component: Any) -> str:
+    """The name a component was configured under (the engine sets it), else its class name."""
+    return getattr(component, "component_name", None) or type(component).__name__.lower()
+
+
+@dataclass
+class RoundContext:
+    """What server-side phases see of the current round.
+
+    ``index`` is 0-based; ``lr`` is the round's local learning rate after the schedule (an agent
+    trains with ``lr * instruction.lr_scale``); ``available`` holds the ids that could be selected
+    (``None``: every agent); ``failures`` the results that did not reach the server (filled after
+    the results phase); ``metrics`` the component metrics of the round's row.
+    """
+
+    index: int
+    rounds: int
+    seed: int
+    population: AgentPopulation
+    global_vector: torch.Tensor
+    global_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    lr: float = 0.0
+    available: np.ndarray | None = None
+    selected: np.ndarray | None = None
+    instructions: list[Instruction] = field(default_factory=list)
+    failures: list[AgentResult] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def log(self, component: Any, key: str, value: float) -> None:
+        """Add ``<component>/<key>`` to the round's row in metrics.csv and the loggers."""
+        self.metrics[f"{component_name(component)}/{key}"] = float(value)
+
+    def rng(self, component: Any, *keys: int) -> np.random.Generator:
+        """A random stream for this component in this round, independent of every other stream
+        and of how many numbers other components drew (so resume stays exact)."""
+        return component_rng(self.seed, component, ROUND_STREAM, self.index, *keys)
+
+
+SETUP_STREAM, ROUND_STREAM = 0, 1
+
+
+def component_rng(seed: int, component: Any, *keys: int) -> np.random.Generator:
+    """A NumPy generator keyed by the experiment seed, the component's name and ``keys``
+    (non-negative integers): ``SETUP_STREAM`` for :meth:`RoundComponent.setup`, ``ROUND_STREAM`` and
+    the round for :meth:`RoundContext.rng`."""
+    from flcore.seeding import PLUGINS
+
+    tag = zlib.crc32(component_name(component).encode("utf-8"))
+    return np.random.default_rng(np.random.SeedSequence([seed, PLUGINS, tag, *keys]))
+
+
+class AgentState(Mapping[str, Any]):
+    """One agent's per-agent state during local training: reads come from the population, writes
+    are recorded in the agent's result and stored by the engine once its update is accepted (so
+    that every backend, including one whose agents train in other processes, carries them)."""
+
+    def __init__(self, population: AgentPopulation, agent_id: int) -> None:
+        self._population = population
+        self._agent = agent_id
+        self.written: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.written:
+            return self.written[name]
+        return self._population.get(name, self._agent)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._population.check_field(name)
+        self.written[name] = value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._population.field_names())
+
+    def __len__(self) -> int:
+        return len(self._population.field_names())
+
+
+@dataclass
+class AgentContext:
+    """What agent-side plugins see while one agent trains."""
+
+    agent_id: int
+    round_index: int
+    instruction: Instruction
+    params: list[torch.Tensor]
+    global_params: list[torch.Tensor]
+    lr: float
+    num_samples: int
+    state: AgentState
+    model: Any = None
+    steps: int = 0
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, component: Any, key: str, value: Any) -> None:
+        """Send ``value`` to the server under ``<component>/<key>`` (in ``AgentResult.extra``)."""
+        self.extra[f"{component_name(component)}/{key}"] = value
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A component that another one needs in the run: FedProx's strategy needs the ``proximal``
+    agent-side plugin, power-of-choice needs the ``participation`` metadata."""
+
+    kind: str
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+class RoundComponent:
+    """Base of every component that takes part in rounds: samplers, strategies, agent-side and
+    server-side plugins, backends and agent metadata.
+
+    Override only the phases you need; the engine skips phases a component does not override.
+    """
+
+    Params: type[ComponentParams] = NoParams
+    component_name: str = ""
+
+    def __init__(self, params: ComponentParams) -> None:
+        self.params = params
+
+    @classmethod
+    def requirements(cls, params: ComponentParams) -> Sequence[Requirement]:
+        """Other components this one needs in the run (resolved and validated with the config)."""
+        return ()
+
+    def state_fields(self) -> Sequence[AgentField]:
+        """Per-agent state this component keeps in the population (checkpointed, carried by every
+        backend). Only fields declared by the run's components exist."""
+        return ()
+
+    def setup(self, population: AgentPopulation, rng: np.random.Generator) -> None:
+        """Called once when a run is built (before a checkpoint is restored): initialize per-agent
+        state, for instance choose which agents are malicious, from the seeded ``rng``."""
+
+    def configure_round(self, context: RoundContext, instructions: list[Instruction]) -> None:
+        """Instruct phase: edit the selected agents' instructions in place."""
+
+    def on_results(self, context: RoundContext, results: list[AgentResult]) -> None:
+        """Results phase: see every agent's result, completed or not; may change statuses
+        (drop late agents) or accepted updates. Overriding it makes the engine hold every update
+        of the round until this phase, instead of streaming them into the strategy."""
+
+    def on_round_end(self, context: RoundContext, accepted: Sequence[AgentResult]) -> None:
+        """After aggregation, with the accepted results (metadata updates, bookkeeping)."""
+
+    def on_evaluate(self, context: RoundContext, evaluate: Callable[..., dict[str, float]]) -> None:
+        """Evaluate phase: ``evaluate(x, y)`` scores the new global model on any tensors (a
+        backdoor's triggered test set, say); log what it returns with ``context.log``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server-side state to checkpoint: tensors, numbers, strings, containers of them."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+PHASES = ("setup", "configure_round", "on_results", "on_round_end", "on_evaluate")
+
+
+def overrides(component: Any, method: str, base: type = RoundComponent) -> bool:
+    """Whether ``component`` implements ``method`` itself rather than inheriting ``base``'s."""
+    own = getattr(type(component), method, None)
+    return own is not None and own is not getattr(base, method, None)
+
+
+def split_like(vector: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of a flat vector shaped like ``tensors`` (no copy)."""
+    import torch
+
+    return [chunk.view_as(t) for chunk, t in zip(torch.split(vector, [t.numel() for t in tensors]), tensors)]

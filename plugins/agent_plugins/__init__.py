@@ -1,0 +1,11 @@
+"""Built-in agent-side plugins."""
+
+from flcore import hookimpl
+
+_MODULE = "flcore_plugins.agent_plugins"
+
+
+@hookimpl
+def register_agent_plugins(register):
+    register("proximal", f"{_MODULE}.proximal:Proximal",
+             "FedProx's proximal term mu/2 * ||w - w_global||^2 in every local step (Li et al. 2020).")

@@ -1,0 +1,11 @@
+"""Built-in server-side plugins."""
+
+from flcore import hookimpl
+
+_MODULE = "flcore_plugins.server_plugins"
+
+
+@hookimpl
+def register_server_plugins(register):
+    register("norm_bound", f"{_MODULE}.norm_bound:NormBound",
+             "Clip each update to an L2 norm, optionally add Gaussian noise to the aggregate (Sun et al. 2019).")
