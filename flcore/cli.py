@@ -293,7 +293,8 @@ def report(run_dirs: tuple[Path, ...], out_dir: Path | None) -> None:
 
 
 @main.command("new-plugin")
-@click.option("--kind", required=True, type=click.Choice(["aggregator", "sampler", "partitioner"]))
+@click.option("--kind", required=True, type=click.Choice(["aggregator", "sampler", "partitioner", "agent_plugin",
+                                                            "server_plugin", "backend"]))
 @click.argument("name")
 @click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @handle_errors

@@ -13,24 +13,36 @@ from click.testing import CliRunner
 from flcore.cli import main
 
 
+KINDS = {"aggregator": "fedtest", "sampler": "pickfew", "partitioner": "stripes", "agent_plugin": "clipper",
+         "server_plugin": "damper", "backend": "bysize"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,name", [("aggregator", "fedtest"), ("sampler", "pickfew"), ("partitioner", "stripes")])
-def test_generated_package_installs_is_listed_and_passes_its_test(tmp_path, kind, name):
-    result = CliRunner().invoke(main, ["new-plugin", "--kind", kind, name, "--dir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    package = tmp_path / f"flcore-{name}"
+def test_generated_packages_install_are_listed_and_pass_their_tests(tmp_path):
+    """One package per kind, installed together as a user would, each listed with its version and
+    passing its own two tests."""
+    from flcore.newplugin import SETTINGS
+
+    assert set(KINDS) == set(SETTINGS)
     site = tmp_path / "site"
+    packages = []
+    for kind, name in KINDS.items():
+        result = CliRunner().invoke(main, ["new-plugin", "--kind", kind, name, "--dir", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        packages.append(tmp_path / f"flcore-{name}")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(package)], check=True)
+                    "--target", str(site), *map(str, packages)], check=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     listing = subprocess.run([sys.executable, "-m", "flcore.cli", "list-plugins", "--json", "--strict"], env=env,
                              capture_output=True, text=True, check=True)
-    rows = [c for c in json.loads(listing.stdout)["components"] if c["provided_by"] == f"flcore-{name}"]
-    assert [(r["kind"], r["name"], r["version"]) for r in rows] == [(kind, name, "0.1.0")]
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests")],
+    rows = {(c["kind"], c["name"], c["version"]) for c in json.loads(listing.stdout)["components"]
+            if c["provided_by"].startswith("flcore-")}
+    assert {(kind, name, "0.1.0") for kind, name in KINDS.items()} <= rows
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            *[str(p / "tests") for p in packages]],
                            env=env, capture_output=True, text=True, cwd=tmp_path)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "2 passed" in tests.stdout
+    assert f"{2 * len(KINDS)} passed" in tests.stdout
 
 
 def test_new_plugin_refuses_bad_names_and_existing_folders(tmp_path):
