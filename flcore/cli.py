@@ -110,14 +110,16 @@ def list_plugins(kind: str | None, as_json: bool, strict: bool | None) -> None:
               help="Folder under which the run folder is created.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last checkpoint.")
-@click.option("--progress/--no-progress", default=None, help="Show a progress bar (default: when a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar, or none (then one line per round at most every 10 s on stderr).")
+@click.option("--quiet", "-q", is_flag=True, help="Print no progress at all.")
 @click.option("--devices", help="Processes (devices) for the distributed backend; sets runtime.devices and "
               "federation.backend=distributed when above 1.")
 @click.option("--num-nodes", type=int, help="Machines for the distributed backend (runtime.num_nodes).")
 @strict_option
 @handle_errors
 def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_dir: Path | None,
-        progress: bool | None, devices: str | None, num_nodes: int | None, strict: bool | None) -> None:
+        progress: bool | None, quiet: bool, devices: str | None, num_nodes: int | None, strict: bool | None) -> None:
     """Run an experiment; without CONFIG, the embedded default (no download needed)."""
     from flcore.config import load_config
 
@@ -133,7 +135,7 @@ def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_d
     if resume_dir is not None:
         config, overrides = _resumable_config(resume_dir, config, overrides), ()
     experiment = _experiment(load_config(config, overrides), strict)
-    result = experiment.run(out_dir=out_dir, resume_dir=resume_dir, progress=progress)
+    result = experiment.run(out_dir=out_dir, resume_dir=resume_dir, progress="off" if quiet else progress)
     _report(result)
 
 

@@ -43,10 +43,14 @@ class Experiment:
         self,
         out_dir: str | Path = "runs",
         resume_dir: str | Path | None = None,
-        progress: bool | None = None,
+        progress: bool | str | None = None,
         stop_after_rounds: int | None = None,
     ) -> RunResult:
-        """Run the experiment into a new folder under ``out_dir`` (or continue ``resume_dir``)."""
+        """Run the experiment into a new folder under ``out_dir`` (or continue ``resume_dir``).
+
+        ``progress``: ``True`` a bar, ``False`` no bar (a line per round at most every 10 s on
+        stderr), ``"off"`` nothing, ``None`` as ``logging.progress`` says.
+        """
         if self.federated:
             from flcore.engine.federated import run_federated
 

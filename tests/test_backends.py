@@ -91,17 +91,22 @@ def test_vectorized_runs_fedprox_proximal_term_like_sequential(tmp_path, tiny_co
 
 
 @pytest.mark.slow
-def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_config):
-    """Two CPU processes (DDP over gloo) train disjoint halves of each round's agents; every update
+@pytest.mark.parametrize("aggregator", [{"name": "multikrum", "byzantine": 1}, {"name": "scaffold"}])
+def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_config, aggregator):
+    """Two CPU processes (DDP over gloo) train disjoint halves of each round's agents; every result
     is gathered and aggregated in selection order, so the model is bit-identical to one process
-    with the same thread count (Lightning gives each DDP process one thread)."""
+    with the same thread count (Lightning gives each DDP process one thread). Robust strategies see
+    every update; SCAFFOLD's per-agent control variates, written on whichever process trained the
+    agent, reach every process's population."""
     import os
     import subprocess
     import sys
 
     import yaml
 
-    tiny_config["federation"]["aggregator"] = {"name": "multikrum", "byzantine": 1}
+    if aggregator["name"] == "scaffold":
+        pytest.importorskip("flcore_scaffold")
+    tiny_config["federation"]["aggregator"] = aggregator
     tiny_config["federation"]["sampler"] = {"name": "uniform", "count": 5}
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config))

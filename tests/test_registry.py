@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
+from flcore.cli import main
 from flcore.errors import PluginError
 from flcore.registry import discover
 
@@ -120,3 +122,51 @@ def test_invalid_registrations_are_reported():
 
     registry = discover(extra_plugins=[("inline", Plugin)])
     assert any("not valid" in f.error for f in registry.failures if f.plugin == "inline")
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("""
+from flcore import hookimpl
+
+@hookimpl
+def register_aggregator(register):
+    register("mine", "x:y")
+""", "'register_aggregator' is not an flcore hook; did you mean 'register_aggregators'?"),
+    ("""
+def register_aggregators(register):
+    register("mine", "x:y")
+""", "'register_aggregators' is not marked with @flcore.hookimpl"),
+    ("""
+from flcore import hookimpl
+
+@hookimpl
+def register_aggregators(register):
+    pass
+""", "it registered no component"),
+    ("""
+VALUE = 1
+""", "it registered no component"),
+])
+def test_a_plugin_that_would_register_nothing_is_a_recorded_failure(fake_distribution, source, expected):
+    """A misspelled hook, a hook without @hookimpl, or a plugin that registers nothing would
+    otherwise look installed while providing nothing: each is a failure shown by list-plugins,
+    and fatal under --strict."""
+    fake_distribution("quiet-plugin", modules={"quiet_mod": source}, entry_points={"main": "quiet_mod"})
+    failure = next(f for f in discover(strict=False).failures if f.provider == "quiet-plugin")
+    assert expected in failure.error
+    with pytest.raises(PluginError, match="quiet-plugin"):
+        discover(strict=True)
+    listed = CliRunner().invoke(main, ["list-plugins"])
+    assert "failed to load" in listed.output and "quiet-plugin" in listed.output
+
+
+def test_the_kinds_are_listed_once_and_the_registry_the_cli_and_the_hooks_agree():
+    from flcore import hookspecs
+    from flcore.kinds import HOOKS, KINDS, kind_names
+    from flcore.registry import KINDS as REGISTRY_KINDS
+
+    assert REGISTRY_KINDS is HOOKS
+    assert [k.hook for k in KINDS] == [HOOKS[name] for name in kind_names()]
+    assert all(callable(getattr(hookspecs, hook)) for hook in HOOKS.values())
+    choices = next(p for p in main.commands["list-plugins"].params if p.name == "kind").type.choices
+    assert list(choices) == kind_names()

@@ -52,10 +52,13 @@ class Progress:
             self.bar.close()
 
 
-def progress_mode(setting: str, requested: bool | None, quiet: bool = False) -> str:
-    """``bar``, ``lines`` or ``off`` from the config's ``logging.progress`` and the caller's choice."""
-    if quiet or setting == "off":
+def progress_mode(setting: str, requested: bool | str | None) -> str:
+    """``bar``, ``lines`` or ``off`` from the config's ``logging.progress`` and the caller's choice
+    (``True`` a bar, ``False`` no bar, a mode by name; ``"off"`` from ``--quiet`` wins)."""
+    if requested == "off" or setting == "off":
         return "off"
+    if isinstance(requested, str):
+        return requested
     if requested is not None:
         return "bar" if requested else "lines"
     if setting in ("on", "bar", "lines"):
