@@ -49,6 +49,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # a failure during the run: message only, traceback with --debug
             if debug:
                 raise
+            if getattr(exc, "exit_code", None) == 130:  # an interrupted run: its message says how to resume
+                _fail(str(exc), 130)
             _fail(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
 
     return wrapper
@@ -68,6 +70,10 @@ set_option = click.option(
 @click.option("--debug", is_flag=True, help="Show tracebacks for every error.")
 def main(debug: bool) -> None:
     """flcore: federated learning experiments from a config file, with plugins for every component."""
+    if not debug:  # a warning is one line for people, not a source location
+        import warnings
+
+        warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 @main.command("list-plugins")
@@ -133,8 +139,10 @@ def run(config: Path | None, overrides: tuple[str, ...], out_dir: Path, resume_d
     overrides = tuple(extra) + overrides
 
     if resume_dir is not None:
-        config, overrides = _resumable_config(resume_dir, config, overrides), ()
-    experiment = _experiment(load_config(config, overrides), strict)
+        resolved = _resumable_config(resume_dir, config, overrides)
+    else:
+        resolved = load_config(config, overrides)
+    experiment = _experiment(resolved, strict)
     result = experiment.run(out_dir=out_dir, resume_dir=resume_dir, progress="off" if quiet else progress)
     _report(result)
 
@@ -319,10 +327,10 @@ def schema() -> None:
 
 
 
-def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[str, ...]) -> Path:
-    """The run's saved config, with the few overrides a resume accepts written back into it."""
-    from flcore.config import RESUMABLE_FIELDS, apply_overrides, config_to_dict, read_config_file, validate_config
-    from flcore.engine.rundir import RunDirectory
+def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[str, ...]) -> Any:
+    """The run's saved config with the few overrides a resume accepts (the engine writes it back to
+    config.yaml only once the checkpoint passed its checks)."""
+    from flcore.config import RESUMABLE_FIELDS, apply_overrides, read_config_file, validate_config
     from flcore.errors import ConfigError
 
     refused = [o for o in overrides if o.partition("=")[0].strip() not in RESUMABLE_FIELDS]
@@ -334,10 +342,7 @@ def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[st
     saved = resume_dir / "config.yaml"
     if not saved.is_file():
         raise ConfigError(f"--resume {resume_dir}: no config.yaml there; is it a flcore run folder?")
-    if overrides:
-        updated = validate_config(apply_overrides(read_config_file(saved), overrides), str(saved))
-        RunDirectory(resume_dir).write_config(config_to_dict(updated))
-    return saved
+    return validate_config(apply_overrides(read_config_file(saved), overrides), str(saved))
 
 
 def _model_counts(registry: Any, component: Any, dataset: str, mode: str | None, pairs: tuple[str, ...]) -> dict:

@@ -8,6 +8,7 @@ refuses a file with flipped bits or a truncated tail, naming it, before ``torch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -16,13 +17,35 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from flcore.errors import UserError
+from flcore.errors import FlcoreError, UserError
 
 SEAL_MAGIC = b"FLCORE-SEALED 1\n"
 
 
 class CorruptFile(UserError):
     """A run-folder file that is not what flcore wrote: truncated, altered, or of another format."""
+
+
+class DiskFull(FlcoreError):
+    """The device filled up while a file was written; the file's previous version is intact."""
+
+    exit_code = 1
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no space left on the device while writing '{path}'; its previous version is intact")
+        self.path = path
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) says the device is full; torch's zip writer reports a
+    full device as ``unexpected pos ...``."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, RuntimeError) and "unexpected pos" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
@@ -34,8 +57,10 @@ def _replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFull(path) from exc
         raise
 
 

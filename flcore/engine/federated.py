@@ -8,8 +8,10 @@ was never interrupted.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -24,8 +26,9 @@ from flcore.config import RESUMABLE_FIELDS, ExperimentConfig, config_to_dict
 from flcore.engine.assembly import (build_components, build_data_and_model, build_partition, build_population,
                                     check_server_plugins, prepare_backend, training_tensors)
 from flcore.engine.buffers import average_buffers
-from flcore.engine.checkpoint import CorruptFile, save_torch
+from flcore.engine.checkpoint import CorruptFile, DiskFull, save_torch
 from flcore.engine.evaluation import evaluate
+from flcore.engine.guard import RunInterrupted, RunLock, terminate_as_interrupt
 from flcore.engine.observers import memory_stats
 from flcore.engine.recording import Progress, Recorder, progress_mode
 from flcore.engine.result import RunResult
@@ -54,12 +57,22 @@ class FederatedRun:
         self.global_vector = self.weights.vector()
         self.global_buffers = self.weights.buffer_state()
         self.store = CheckpointStore(run_dir.path)
-        self.recorder = Recorder(config, run_dir, self.is_main)
         self.history: list[dict[str, Any]] = []
         self.next_round = 0
+        self.checkpointed_round = 0  # the round the checkpoint on disk continues from
         self.agents_seen = 0
         self.idle_rounds = 0  # consecutive rounds in which no update was accepted
+        self.updated_rounds = 0  # rounds in which the model changed
+        self.session = 1  # 1 for a new run, +1 for each resume
+        self.seconds_before = 0.0  # time spent by earlier sessions, up to their last checkpoint
+        self.session_started = time.perf_counter()
         self.setup_seconds = 0.0
+        self._agent_log_step = 0
+
+    def start_recording(self) -> None:
+        """Open the loggers and profiler (after a resume, so that they know the session)."""
+        self.recorder = Recorder(self.config, self.run_dir, self.is_main, self.session)
+        self.recorder.agent_log_step = self._agent_log_step
 
     def _build_round_components(self, components: dict[str, Any], backend: Backend) -> None:
         built, self.labels = build_components(components)
@@ -224,6 +237,7 @@ class FederatedRun:
         if self.federation.buffers == "weighted_mean" and self.global_buffers:
             self.global_buffers = average_buffers(self.global_buffers, accepted)
         self.idle_rounds = 0
+        self.updated_rounds += 1
 
     def _check_vector(self, vector: Any, component: Any, context: RoundContext) -> None:
         """A strategy or server plugin must return a finite vector shaped like the global model."""
@@ -294,10 +308,15 @@ class FederatedRun:
     # -------------------------------------------------------------------------------- state
     def checkpoint(self) -> None:
         """Write the checkpoint (rank 0); every rank forgets the per-agent changes it holds."""
-        if not self.is_main:
+        if self.is_main:
+            self.store.save(self.state_dict(), self.manifest(), self.population, self.next_round)
+        else:
             self.population.mark_saved()
-            return
-        self.store.save(self.state_dict(), self.manifest(), self.population, self.next_round)
+        self.checkpointed_round = self.next_round
+
+    def elapsed(self) -> float:
+        """Seconds this run has taken over all its sessions."""
+        return self.seconds_before + time.perf_counter() - self.session_started
 
     def manifest(self) -> dict[str, Any]:
         """What a checkpoint is checked against before a resume."""
@@ -320,6 +339,9 @@ class FederatedRun:
             "agent_log_step": self.recorder.agent_log_step,
             "agents_seen": self.agents_seen,
             "idle_rounds": self.idle_rounds,
+            "updated_rounds": self.updated_rounds,
+            "session": self.session,
+            "elapsed_seconds": self.elapsed(),
         }
 
     def _stateful(self) -> dict[str, Any]:
@@ -347,9 +369,13 @@ class FederatedRun:
         for key, component in stateful.items():
             component.load_state_dict(state["components"][key])
         self.history = list(state["history"])
-        self.recorder.agent_log_step = int(state["agent_log_step"])
+        self._agent_log_step = int(state["agent_log_step"])
         self.agents_seen = int(state["agents_seen"])
         self.idle_rounds = int(state["idle_rounds"])
+        self.updated_rounds = int(state["updated_rounds"])
+        self.session = int(state["session"]) + 1
+        self.seconds_before = float(state["elapsed_seconds"])
+        self.checkpointed_round = self.next_round
         torch.set_rng_state(state["torch_rng"])
 
     def _check_manifest(self, manifest: dict[str, Any]) -> None:
@@ -367,7 +393,8 @@ class FederatedRun:
 
     # -------------------------------------------------------------------------------- driver
     def run(self, progress: str, stop_after_rounds: int | None = None) -> None:
-        """Run the remaining rounds (at most ``stop_after_rounds`` of them)."""
+        """Run the remaining rounds (at most ``stop_after_rounds`` of them). A run that ends without
+        any accepted update fails: its model is the initial one."""
         rounds = range(self.next_round, self.federation.rounds)
         if stop_after_rounds is not None:
             rounds = rounds[:stop_after_rounds]
@@ -377,8 +404,11 @@ class FederatedRun:
                 shown.update(self.run_round(r))
         finally:
             shown.close()
+        if self.next_round == self.federation.rounds and self.updated_rounds == 0:
+            raise RunFailure(f"no update was accepted in any of the {self.next_round} rounds: every selected agent "
+                             "failed or was dropped, so the model is the initial one.")
 
-    def finish(self, started: float) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         """Write the final model, sampling counts, profiler summary and summary.json (rank 0)."""
         self.weights.load(self.global_vector, self.global_buffers)
         final = self.history[-1] if self.history else {}
@@ -398,7 +428,9 @@ class FederatedRun:
             "final": final,
             "best_test_acc": max((h["test_acc"] for h in self.history if "test_acc" in h), default=None),
             "parameters": self.model.parameter_counts(),
-            "seconds": time.perf_counter() - started,
+            "seconds": self.elapsed(),
+            "sessions": self.session,
+            "rounds_without_update": self.next_round - self.updated_rounds,
             "setup_seconds": self.setup_seconds,
             "backend": self.backend.component_name,
             "profile": profile,
@@ -408,37 +440,98 @@ class FederatedRun:
 
 
 def run_federated(config: ExperimentConfig, components: dict[str, Any], provenance: dict[str, Any],
-                  out_dir: str | Path, resume_dir: str | Path | None, progress: bool | None,
+                  out_dir: str | Path, resume_dir: str | Path | None, progress: bool | str | None,
                   stop_after_rounds: int | None) -> RunResult:
-    """Build a :class:`FederatedRun` in a new (or resumed) folder, run it, and summarise it."""
+    """Build a :class:`FederatedRun` in a new (or resumed) folder, run it, and summarise it.
+
+    Rank 0 holds the folder's lock throughout. A new run's folder is removed again if the run
+    cannot start; a resumed run rewrites ``config.yaml`` only once its checkpoint passed every check.
+    """
     started = time.perf_counter()
     backend: Backend = components["backend"].build()
     fabric = backend.launch(config.runtime)
     is_main = backend.rank == 0
-    if resume_dir is not None:
-        run_dir = RunDirectory(resume_dir)
-        if not CheckpointStore(run_dir.path).exists():
-            raise ConfigError(f"--resume {resume_dir}: no checkpoint.pt there to resume from.")
-    else:
-        path = RunDirectory.create(out_dir, config.name).path if is_main else None
-        run_dir = RunDirectory(backend.broadcast(path))
-        if is_main:
+    run_dir, fresh = _run_folder(config, out_dir, resume_dir, backend)
+    lock = RunLock(run_dir.path) if is_main else None
+    try:
+        if fresh and is_main:
             run_dir.write_config(config_to_dict(config))
             run_dir.write_json("plugins.json", provenance)
-    try:
-        run = FederatedRun(config, components, run_dir, backend, fabric)
-        if resume_dir is not None:
-            run.resume()
-    except BaseException:
-        if resume_dir is None and is_main:  # never leave a half-written run folder behind
-            shutil.rmtree(run_dir.path, ignore_errors=True)
-        raise
-    if resume_dir is None and is_main:
-        record = partition_record(run.partition, run.data.train_labels, run.data.num_classes)
-        run_dir.write_json("partition.json", record)
-        run.recorder.hyperparams(config_to_dict(config) | {"partition": record["statistics"]})
-    run.setup_seconds = time.perf_counter() - started
-    run.run(progress_mode(config.logging.progress, progress), stop_after_rounds)
-    summary = run.finish(started)
+        try:
+            run = FederatedRun(config, components, run_dir, backend, fabric)
+            if not fresh:
+                run.resume()
+                if is_main:
+                    run_dir.write_config(config_to_dict(config))
+        except BaseException:
+            if fresh and resume_dir is None and is_main:  # never leave a half-written run folder behind
+                lock.release()
+                shutil.rmtree(run_dir.path, ignore_errors=True)
+            raise
+        if not fresh and run.next_round >= config.federation.rounds:
+            return _finished(run_dir, config, backend)
+        run.start_recording()
+        if fresh and is_main:
+            record = partition_record(run.partition, run.data.train_labels, run.data.num_classes)
+            run_dir.write_json("partition.json", record)
+            run.recorder.hyperparams(config_to_dict(config) | {"partition": record["statistics"]})
+        run.setup_seconds = time.perf_counter() - started
+        with terminate_as_interrupt():
+            try:
+                run.run(progress_mode(config.logging.progress, progress), stop_after_rounds)
+            except KeyboardInterrupt:
+                raise RunInterrupted(_stopped_message(run, "interrupted")) from None
+            except DiskFull as exc:
+                if run.checkpointed_round == 0 and resume_dir is None and is_main:
+                    lock.release()
+                    shutil.rmtree(run_dir.path, ignore_errors=True)
+                    raise RunFailure(f"{exc}. The run had not reached its first checkpoint, so its folder was "
+                                     "removed; free some space and start it again.") from exc
+                raise RunFailure(_stopped_message(run, str(exc))) from exc
+        summary = run.finish()
+    finally:
+        if lock is not None:
+            lock.release()
     state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
     return RunResult(run_dir.path, run.history, summary, state, rank=backend.rank)
+
+
+def _run_folder(config: ExperimentConfig, out_dir: str | Path, resume_dir: str | Path | None,
+                backend: Backend) -> tuple[RunDirectory, bool]:
+    """The run's folder, and whether the run starts from round 1 in it. A folder whose run was
+    killed before its first checkpoint is started again, its partial outputs removed."""
+    if resume_dir is None:
+        path = RunDirectory.create(out_dir, config.name).path if backend.rank == 0 else None
+        return RunDirectory(backend.broadcast(path)), True
+    run_dir = RunDirectory(resume_dir)
+    if CheckpointStore(run_dir.path).exists():
+        return run_dir, False
+    if not run_dir.config_file.is_file():
+        raise ConfigError(f"--resume {resume_dir}: neither checkpoint.pt nor config.yaml there; is it a flcore run "
+                          "folder?")
+    if backend.rank == 0:
+        run_dir.clear_outputs()
+    return run_dir, True
+
+
+def _finished(run_dir: RunDirectory, config: ExperimentConfig, backend: Backend) -> RunResult:
+    """A resumed run that has nothing left to do: its records stay as they are."""
+    from flcore.engine.rundir import read_csv
+
+    summary_file = run_dir.path / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary["already_finished"] = True
+    history = read_csv(run_dir.path / "metrics.csv") if (run_dir.path / "metrics.csv").is_file() else []
+    if backend.rank == 0:
+        print(f"{run_dir.path}: all {config.federation.rounds} rounds are done; nothing to resume (extend the run "
+              "with --set federation.rounds=N).", file=sys.stderr)
+    return RunResult(run_dir.path, history, summary, {}, rank=backend.rank)
+
+
+def _stopped_message(run: FederatedRun, what: str) -> str:
+    folder = run.run_dir.path
+    if run.checkpointed_round:
+        kept = f"{folder} holds the checkpoint after round {run.checkpointed_round}"
+    else:
+        kept = f"{folder} holds no checkpoint yet, so the run will start again from round 1"
+    return f"{what} in round {run.next_round + 1} of {run.federation.rounds}. {kept}; continue with: flcore run --resume {folder}"

@@ -59,18 +59,19 @@ def build_loggers(specs: list[Any], log_dir: Path, name: str) -> list[Any]:
     return loggers
 
 
-def build_profiler(kind: str | None, run_dir: Path) -> Any:
-    """A Lightning profiler writing its summary into the run folder (a no-op one when ``None``)."""
+def build_profiler(kind: str | None, run_dir: Path, filename: str = "profile") -> Any:
+    """A Lightning profiler writing its summary into the run folder (a no-op one when ``None``);
+    a resumed run passes another ``filename`` so the first session's summary is kept."""
     from lightning.pytorch import profilers
 
     if kind is None:
         return profilers.PassThroughProfiler()
     if kind == "pytorch":
         # no step schedule: the engine has no training_step for it to count, so record throughout
-        return profilers.PyTorchProfiler(dirpath=str(run_dir), filename="profile", schedule=None,
+        return profilers.PyTorchProfiler(dirpath=str(run_dir), filename=filename, schedule=None,
                                          sort_by_key="cpu_time_total", row_limit=100)
     cls = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler}[kind]
-    return cls(dirpath=str(run_dir), filename="profile")
+    return cls(dirpath=str(run_dir), filename=filename)
 
 
 def memory_stats(device: torch.device) -> dict[str, float]:

@@ -69,7 +69,7 @@ def progress_mode(setting: str, requested: bool | str | None) -> str:
 class Recorder:
     """Loggers, agent logger, profiler and metrics.csv of one run; silent off rank 0."""
 
-    def __init__(self, config: Any, run_dir: RunDirectory, is_main: bool) -> None:
+    def __init__(self, config: Any, run_dir: RunDirectory, is_main: bool, session: int = 1) -> None:
         self.run_dir = run_dir
         self.is_main = is_main
         self.local_epochs = config.training.epochs
@@ -79,7 +79,8 @@ class Recorder:
             from lightning.pytorch.loggers import CSVLogger
 
             self.agent_logger = CSVLogger(str(run_dir.logs), name="agents")
-        self.profiler = build_profiler(config.logging.profiler if is_main else None, run_dir.path)
+        self.profiler = build_profiler(config.logging.profiler if is_main else None, run_dir.path,
+                                       "profile" if session == 1 else f"profile-session{session}")
         self.profile = self.profiler.profile
         self.agent_log_step = 0
 

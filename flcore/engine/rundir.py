@@ -62,6 +62,19 @@ class RunDirectory:
     def logs(self) -> Path:
         return self.path / "logs"
 
+    def clear_outputs(self) -> None:
+        """Remove what a run wrote after its config and provenance (a run killed before its first
+        checkpoint, started again): metrics, logs, journal, temporary files."""
+        import shutil
+
+        for name in ("metrics.csv", "partition.json", "sampling.csv", "summary.json", "model.pt"):
+            (self.path / name).unlink(missing_ok=True)
+        for folder in ("logs", "agents"):
+            if (self.path / folder).is_dir() and not (self.path / folder).is_symlink():
+                shutil.rmtree(self.path / folder)
+        for stale in list(self.path.glob(".*.tmp")) + list(self.path.glob("profile*.txt")):
+            stale.unlink(missing_ok=True)
+
     def write_config(self, config: Mapping[str, Any]) -> None:
         write_text(self.config_file, yaml.safe_dump(dict(config), sort_keys=False))
 
