@@ -2,6 +2,8 @@
 
 A round is a fixed sequence of named phases (docs/concepts.md):
 
+0. **available**: components narrow the set of agents that can be selected this round
+   (availability models, agents still busy on an asynchronous clock);
 1. **select**: the sampler chooses agents among the available ones;
 2. **instruct**: one :class:`Instruction` per selected agent (epochs or a step budget, a
    learning-rate scale, participate or drop, a deadline, free key-values for plugins), which
@@ -42,6 +44,7 @@ class AgentStatus(str, enum.Enum):
     PARTIAL = "partial"  # did less (a deadline, a straggler) but its update is kept
     DROPPED = "dropped"  # did not take part, or its update is discarded (late, offline)
     FAILED = "failed"  # raised, or produced non-finite weights
+    DEFERRED = "deferred"  # held by a component for a later round (still in flight on a virtual clock)
 
     @property
     def accepted(self) -> bool:
@@ -137,7 +140,8 @@ class RoundContext:
     ``index`` is 0-based; ``lr`` is the round's local learning rate after the schedule (an agent
     trains with ``lr * instruction.lr_scale``); ``available`` holds the ids that could be selected
     (``None``: every agent); ``failures`` the results that did not reach the server (filled after
-    the results phase); ``metrics`` the component metrics of the round's row.
+    the results phase); ``metrics`` the component metrics of the round's row; ``data`` the run's
+    dataset (an :class:`~flcore.data.ArrayDataModule`: ``x_train``, ``x_test``, ``transform``, ...).
     """
 
     index: int
@@ -149,9 +153,19 @@ class RoundContext:
     lr: float = 0.0
     available: np.ndarray | None = None
     selected: np.ndarray | None = None
+    data: Any = None
     instructions: list[Instruction] = field(default_factory=list)
     failures: list[AgentResult] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    trainer: Any = field(default=None, repr=False)
+
+    def train(self, indices: np.ndarray, instruction: Instruction | None = None) -> AgentResult:
+        """Train the round's global model on the training samples ``indices`` on the server
+        (FLTrust's root dataset, a server-side fine-tuning step), with no agent-side plugins;
+        returns the result as an agent's would be (``agent_id`` -1, its delta from the global)."""
+        if self.trainer is None:
+            raise RuntimeError("server-side training is available during rounds only")
+        return self.trainer(self, indices, instruction)
 
     def log(self, component: Any, key: str, value: float) -> None:
         """Add ``<component>/<key>`` to the round's row in metrics.csv and the loggers."""
@@ -264,6 +278,11 @@ class RoundComponent:
     def configure_round(self, context: RoundContext, instructions: list[Instruction]) -> None:
         """Instruct phase: edit the selected agents' instructions in place."""
 
+    def availability(self, context: RoundContext, available: np.ndarray | None) -> np.ndarray | None:
+        """Available phase: return the sorted ids that can be selected this round, a subset of
+        ``available`` (``None`` means every agent; return it unchanged to keep everyone)."""
+        return available
+
     def on_results(self, context: RoundContext, results: list[AgentResult]) -> None:
         """Results phase: see every agent's result, completed or not; may change statuses
         (drop late agents) or accepted updates. Overriding it makes the engine hold every update
@@ -273,8 +292,10 @@ class RoundComponent:
         """After aggregation, with the accepted results (metadata updates, bookkeeping)."""
 
     def on_evaluate(self, context: RoundContext, evaluate: Callable[..., dict[str, float]]) -> None:
-        """Evaluate phase: ``evaluate(x, y)`` scores the new global model on any tensors (a
-        backdoor's triggered test set, say); log what it returns with ``context.log``."""
+        """Evaluate phase: ``evaluate(x, y, vector=None, buffers=None)`` scores the new global model
+        (or the weights ``vector``, a personal model say) on stored tensors such as
+        ``context.data.x_test`` or a backdoor's triggered copy; log what it returns with
+        ``context.log``. It runs on rank 0 only: do not change state here."""
 
     def state_dict(self) -> dict[str, Any]:
         """Server-side state to checkpoint: tensors, numbers, strings, containers of them."""
@@ -284,7 +305,7 @@ class RoundComponent:
         """Restore what :meth:`state_dict` returned."""
 
 
-PHASES = ("setup", "configure_round", "on_results", "on_round_end", "on_evaluate")
+PHASES = ("setup", "availability", "configure_round", "on_results", "on_round_end", "on_evaluate")
 
 
 def overrides(component: Any, method: str, base: type = RoundComponent) -> bool:

@@ -12,6 +12,9 @@ import torch
 
 PARTITION, SAMPLING, TRAINING, INIT, EVALUATION, PLUGINS = range(6)
 
+#: the stream key of server-side training (``RoundContext.train``), where an agent's id would be
+SERVER = 2**31
+
 
 def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed for one stream, independent of every other ``keys``."""

@@ -16,7 +16,7 @@ from flcore.engine.state_store import read_checkpoint
 from flcore.errors import ConfigError, RunFailure
 from flcore.experiment import Experiment
 from flcore.metadata import AgentMetadata
-from flcore.protocol import Aggregate, AgentStatus
+from flcore.protocol import Aggregate, AgentResult, AgentStatus
 from flcore.server_plugin import ServerPlugin
 
 CALLS: list[str] = []
@@ -164,7 +164,7 @@ def test_phases_run_in_the_documented_order(tmp_path, tiny_config):
     assert row["recording_strategy/accepted"] == 2
     assert row["recording/test_acc_again"] == pytest.approx(row["test_acc"])
     header = (result.run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[:6] == ["round", "selected", "completed", "partial", "dropped", "skipped"]
+    assert header[:7] == ["round", "selected", "completed", "partial", "dropped", "deferred", "skipped"]
     assert header[-2:] == ["recording_strategy/accepted", "recording/test_acc_again"]
 
 
@@ -280,3 +280,90 @@ def test_component_streams_are_seeded_per_component_and_round(tmp_path, tiny_con
     np.testing.assert_array_equal(draws[0][0], draws[1][0])
     assert draws[0][1] == draws[1][1] and draws[0][1][0] != draws[0][1][1]
     assert len(set(draws[0][0].tolist())) == len(draws[0][0])
+
+
+class EvenOnly(ServerPlugin):
+    """Only agents with even ids are online; a second component then removes agent 0."""
+
+    def availability(self, context, available):
+        return np.arange(0, len(context.population), 2)
+
+
+class NotZero(ServerPlugin):
+    def availability(self, context, available):
+        return available[available != 0]
+
+
+class HoldsOneRound(ServerPlugin):
+    """Defers every fresh update by one round (an asynchronous clock would do this), then hands the
+    held ones to the strategy next round."""
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.held = []
+
+    def on_results(self, context, results):
+        fresh = [r for r in results if r.status.accepted]
+        held, self.held = self.held, []
+        for result in fresh:
+            self.held.append(AgentResult(result.agent_id, result.delta.clone(), result.num_samples,
+                                         dict(result.metrics)))
+            result.status = AgentStatus.DEFERRED
+        results.extend(held)
+
+
+class TrainsOnServer(ServerPlugin):
+    """Trains the global model on a 'root' set of ten samples the server holds, every round."""
+
+    def on_round_end(self, context, accepted):
+        result = context.train(np.arange(10))
+        STASH.setdefault("server", []).append((result.agent_id, result.num_samples, float(result.delta.norm())))
+
+    def on_evaluate(self, context, evaluate):
+        zero = torch.zeros_like(context.global_vector)
+        context.log(self, "zero_model_acc", evaluate(context.data.x_test, context.data.y_test, vector=zero)["acc"])
+
+
+class MorePlugins:
+    @staticmethod
+    @hookimpl
+    def register_server_plugins(register):
+        register("even_only", EvenOnly, "Test.")
+        register("not_zero", NotZero, "Test.")
+        register("holds_one_round", HoldsOneRound, "Test.")
+        register("trains_on_server", TrainsOnServer, "Test.")
+
+
+def run_more(tmp_path, config, name="run"):
+    return Experiment(validate_config(config), plugins=[("more", MorePlugins)]).run(out_dir=tmp_path / name)
+
+
+def test_availability_components_narrow_who_the_sampler_may_choose(tmp_path, tiny_config):
+    tiny_config["federation"].update(rounds=3, sampler={"name": "uniform", "count": 3},
+                                     server_plugins=["even_only", "not_zero"])
+    result = run_more(tmp_path, tiny_config)
+    from flcore.engine.rundir import read_csv
+
+    chosen = {int(r["agent"]) for r in read_csv(result.run_dir / "sampling.csv") if int(r["times_selected"])}
+    assert chosen == {2, 4, 6}  # the only available agents, every round
+    assert [row["selected"] for row in result.history] == [3, 3, 3]
+
+
+def test_deferred_updates_reach_the_strategy_later_and_are_not_idle_rounds(tmp_path, tiny_config):
+    tiny_config["federation"].update(rounds=3, stall_rounds=1, server_plugins=["holds_one_round"])
+    result = run_more(tmp_path, tiny_config)
+    assert [row["deferred"] for row in result.history] == [4, 4, 4]
+    assert [row.get("train_loss") is None for row in result.history] == [True, False, False]
+    assert result.history[0]["test_acc"] == result.history[0]["test_acc"]  # the model is evaluated
+
+
+def test_the_server_can_train_on_its_own_samples_and_evaluate_any_weights(tmp_path, tiny_config):
+    tiny_config["federation"].update(rounds=2, server_plugins=["trains_on_server"])
+    STASH["server"] = []
+    result = run_more(tmp_path, tiny_config)
+    assert [(a, n) for a, n, _ in STASH["server"]] == [(-1, 10), (-1, 10)]
+    assert all(norm > 0 for _, _, norm in STASH["server"])
+    assert all(row["trains_on_server/zero_model_acc"] < row["test_acc"] for row in result.history)
+    plain = run(tmp_path, {**tiny_config, "federation": {**tiny_config["federation"], "server_plugins": []}}, "plain")
+    for name, value in plain.state_dict.items():  # server training and evaluation leave the run unchanged
+        assert torch.equal(result.state_dict[name], value), name

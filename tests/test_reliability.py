@@ -111,7 +111,7 @@ def test_an_extended_run_adds_up_its_time_and_keeps_each_sessions_profile(tmp_pa
     assert (first.run_dir / "profile.txt").stat().st_size > 0
     assert (first.run_dir / "profile-session2.txt").stat().st_size > 0
     rows = (first.run_dir / "metrics.csv").read_text().splitlines()[1:]
-    assert all(row.split(",")[13] for row in rows), "every row keeps its seconds"
+    assert all(row.split(",")[14] for row in rows), "every row keeps its seconds"
 
 
 def test_a_refused_resume_leaves_the_config_as_it_was(tmp_path, tiny_config):

@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from flcore.engine.buffers import average_buffers
 from flcore.engine.checkpoint import CorruptFile, DiskFull, save_torch
 from flcore.engine.evaluation import evaluate
 from flcore.engine.guard import RunInterrupted, RunLock, terminate_as_interrupt
+from flcore.engine.local import LocalTrainer
 from flcore.engine.observers import memory_stats
 from flcore.engine.recording import Progress, Recorder, progress_mode
 from flcore.engine.result import RunResult
@@ -94,9 +96,10 @@ class FederatedRun:
         module = self.fabric.setup_module(self.model)
         self.module = module
         x, y = training_tensors(self.data, self.fabric.device)
-        setup = TrainingSetup(self.fabric, self.model, module, x, y, self.data.transform, self.config.seed,
-                              self.training, self.strategy, self.agent_plugins, self.population)
-        return prepare_backend(backend, setup, self.labels[id(backend)])
+        self.setup = TrainingSetup(self.fabric, self.model, module, x, y, self.data.transform, self.config.seed,
+                                   self.training, self.strategy, self.agent_plugins, self.population)
+        self._server_trainer: LocalTrainer | None = None
+        return prepare_backend(backend, self.setup, self.labels[id(backend)])
 
     # -------------------------------------------------------------------------------- rounds
     def run_round(self, r: int) -> dict[str, Any]:
@@ -106,7 +109,8 @@ class FederatedRun:
         started = time.perf_counter()
         context = RoundContext(r, federation.rounds, self.config.seed, self.population, self.global_vector,
                                self.global_buffers,
-                               lr=self.training.optimizer.lr * lr_factor(self.training.scheduler, r, federation.rounds))
+                               lr=self.training.optimizer.lr * lr_factor(self.training.scheduler, r, federation.rounds),
+                               data=self.data, trainer=self._train_on_server)
         with profile("sample"):
             selected = self._select(context)
         with profile("instruct"):
@@ -138,8 +142,18 @@ class FederatedRun:
         return row
 
     def _select(self, context: RoundContext) -> np.ndarray:
-        """Select phase: the sampler's choice among the available agents, checked."""
+        """Available and select phases: components narrow who can be chosen, then the sampler's
+        choice among them, checked."""
         r = context.index
+        for component in self.phase["availability"]:
+            available = component.availability(context, context.available)
+            if available is not None:
+                available = np.asarray(available, dtype=np.int64)
+                if available.ndim != 1 or (len(available) > 1 and bool((np.diff(available) <= 0).any())) or (
+                        context.available is not None and not np.isin(available, context.available).all()):
+                    raise RunFailure(f"{self.labels[id(component)]} returned an invalid set of available agents in "
+                                     f"round {r + 1}: expected sorted, distinct ids among those available before it")
+            context.available = available
         rng = seeding.numpy_rng(self.config.seed, seeding.SAMPLING, r)
         selected = np.asarray(self.sampler.sample(self.population, r, rng, context.available))
         n = len(self.population)
@@ -256,7 +270,10 @@ class FederatedRun:
 
     def _note_idle_round(self, context: RoundContext) -> None:
         """A round without an accepted update leaves the model as it was; too many in a row stop the
-        run (``federation.stall_rounds``), so that a run of skipped agents cannot end with exit 0."""
+        run (``federation.stall_rounds``), so that a run of skipped agents cannot end with exit 0.
+        A round whose updates a component holds for later (``deferred``) is waiting, not idle."""
+        if any(f.status is AgentStatus.DEFERRED for f in context.failures):
+            return
         self.idle_rounds += 1
         limit = self.federation.stall_rounds
         if self.idle_rounds >= limit:
@@ -270,7 +287,8 @@ class FederatedRun:
         row: dict[str, Any] = {
             "round": context.index + 1, "selected": len(results),
             "completed": statuses.count(AgentStatus.COMPLETED), "partial": statuses.count(AgentStatus.PARTIAL),
-            "dropped": statuses.count(AgentStatus.DROPPED), "skipped": statuses.count(AgentStatus.FAILED),
+            "dropped": statuses.count(AgentStatus.DROPPED), "deferred": statuses.count(AgentStatus.DEFERRED),
+            "skipped": statuses.count(AgentStatus.FAILED),
             "lr": context.lr, "agents_seen": self.agents_seen,
         }
         if accepted:
@@ -286,13 +304,31 @@ class FederatedRun:
         self.weights.load(self.global_vector, self.global_buffers)
         batch, device = self.config.evaluation.batch_size, self.fabric.device
 
-        def score(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-            return evaluate(self.module, x, y, self.data.transform, batch, device)
+        def score(x: torch.Tensor, y: torch.Tensor, vector: torch.Tensor | None = None,
+                  buffers: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+            if vector is None and buffers is None:
+                return evaluate(self.module, x, y, self.data.transform, batch, device)
+            self.weights.load(self.global_vector if vector is None else vector, buffers or self.global_buffers)
+            try:
+                return evaluate(self.module, x, y, self.data.transform, batch, device)
+            finally:
+                self.weights.load(self.global_vector, self.global_buffers)
 
         metrics = score(self.data.x_test, self.data.y_test)
         for component in self.phase["on_evaluate"]:
             component.on_evaluate(context, score)
         return {"test_loss": metrics["loss"], "test_acc": metrics["acc"]}
+
+    def _train_on_server(self, context: RoundContext, indices: np.ndarray,
+                         instruction: Instruction | None) -> AgentResult:
+        """``context.train``: the global model trained on samples the server holds."""
+        if self._server_trainer is None:
+            self._server_trainer = LocalTrainer(replace(self.setup, agent_plugins=()))
+        instruction = instruction or Instruction(-1, self.training.epochs, self.training.max_steps)
+        result = self._server_trainer.train_indices(context, instruction, np.asarray(indices, dtype=np.int64),
+                                                    seeding.SERVER)
+        self.weights.load(self.global_vector, self.global_buffers)
+        return result
 
     def _evaluate_on_shards(self, agents: np.ndarray) -> list[dict[str, float]]:
         """The global model on each selected agent's own shard (empty shards are left out)."""

@@ -9,6 +9,7 @@ loop (``sequential`` and ``distributed`` train with it; ``vectorized`` falls bac
 from __future__ import annotations
 
 import math
+import numpy as np
 import torch
 
 from flcore import seeding
@@ -66,17 +67,24 @@ class LocalTrainer:
 
     def train_agent(self, context: RoundContext, instruction: Instruction) -> AgentResult:
         """Train one agent from the global weights as instructed and return its result."""
+        agent_id = instruction.agent_id
+        return self.train_indices(context, instruction, self.setup.population.shard(agent_id), agent_id)
+
+    def train_indices(self, context: RoundContext, instruction: Instruction, indices: np.ndarray,
+                      stream: int) -> AgentResult:
+        """Train from the global weights on the training samples ``indices``, with random streams
+        keyed by ``stream`` (the agent's id, or :data:`flcore.seeding.SERVER`)."""
         setup, training = self.setup, self.setup.training
         agent_id, round_index = instruction.agent_id, context.index
-        shard = torch.from_numpy(setup.population.shard(agent_id))
+        shard = torch.from_numpy(np.asarray(indices))
         n = len(shard)
         if not instruction.participate:
             return AgentResult.dropped(agent_id, "instructed not to take part", n)
         if n == 0:
             raise AgentFailure("its shard is empty")
         self.weights.load(context.global_vector, context.global_buffers)
-        seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, agent_id)
-        order_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, agent_id, 1)
+        seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, stream)
+        order_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, stream, 1)
         lr = context.lr * instruction.lr_scale
         optimizer = build_optimizer(training.optimizer, self.params)
         for group in optimizer.param_groups:
