@@ -6,24 +6,10 @@ import json
 
 import torch
 
-from flcore import hookimpl
 from flcore.config import validate_config
-from flcore.data import ArrayDataModule
 from flcore.experiment import Experiment
 
-
-def many_samples(params) -> ArrayDataModule:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(200_000, 8, generator=g)
-    y = (x[:, 0] > 0).long()
-    return ArrayDataModule("many", (x, y), (x[:1000], y[:1000]), num_classes=2)
-
-
-class ManySamples:
-    @staticmethod
-    @hookimpl
-    def register_datasets(register):
-        register("many_samples", many_samples, "200,000 two-class samples.")
+from scale_data import ManySamples
 
 
 def test_a_hundred_thousand_agents_run_and_are_recorded(tmp_path, tiny_config):
