@@ -45,6 +45,8 @@ def _overrides(package: str, tmp_path: Path) -> list[str]:
         return ["federation.aggregator=scaffold"]
     if package == "flcore-powerofchoice":
         return ["federation.sampler={name: power_of_choice, candidates: 10, count: 4}"]
+    if package == "flcore-fednova":
+        return ["federation.aggregator=fednova", "federation.partitioner={name: quantity_skew, sigma: 1.0}"]
     if package == "flcore-leaf":
         _write_femnist(tmp_path / "femnist")
         return ["dataset={name: femnist, root: " + str(tmp_path / "femnist") + "}", "federation.agents=4",
