@@ -25,7 +25,7 @@ from flcore.engine.buffers import average_buffers
 from flcore.engine.checkpoint import load_torch, save_torch
 from flcore.engine.evaluation import evaluate
 from flcore.engine.local import AgentFailure, LocalTrainer, diverged
-from flcore.engine.observers import build_loggers, build_profiler, memory_stats
+from flcore.engine.observers import build_loggers, build_profiler, log_run_artifacts, memory_stats
 from flcore.engine.rundir import RunDirectory, partition_record
 from flcore.engine.runtime import build_fabric, check_distributable, single_device_fabric
 from flcore.errors import ConfigError, RunFailure
@@ -315,6 +315,7 @@ class FederatedRun:
             "profile": self.profiler.summary() if hasattr(self.profiler, "recorded_durations") else "",
         }
         self.run_dir.write_json("summary.json", summary)
+        log_run_artifacts(self.loggers, self.run_dir.path)
         return summary
 
 
