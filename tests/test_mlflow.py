@@ -12,13 +12,17 @@ from flcore.experiment import Experiment
 mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (it is in the 'test' extra)")
 
 
-def test_mlflow_holds_what_the_run_folder_holds(tmp_path, tiny_config):
+def test_mlflow_holds_what_the_run_folder_holds(tmp_path, tiny_config, monkeypatch):
     from importlib.metadata import version
 
     from mlflow.tracking import MlflowClient
 
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # nothing may land in the current folder
     uri = f"sqlite:///{tmp_path / 'tracking.db'}"
-    tiny_config["logging"]["loggers"] = ["csv", {"name": "mlflow", "tracking_uri": uri}]
+    artifacts_at = (tmp_path / "artifacts").as_uri()
+    tiny_config["logging"]["loggers"] = ["csv", {"name": "mlflow", "tracking_uri": uri,
+                                                 "artifact_location": artifacts_at}]
     tiny_config["federation"]["aggregator"] = {"name": "fedavgm", "momentum": 0.5}
     result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path / "runs", progress=False)
 
@@ -47,16 +51,25 @@ def test_mlflow_holds_what_the_run_folder_holds(tmp_path, tiny_config):
         local = client.download_artifacts(run.info.run_id, name, str(tmp_path / "downloaded"))
         assert open(local, "rb").read() == (result.run_dir / name).read_bytes(), name
 
+    assert run.info.artifact_uri.startswith(artifacts_at) and list((tmp_path / "cwd").iterdir()) == []
+
     tags = run.data.tags
     assert tags["flcore.distribution.flcore"] == version("flcore")
     assert tags["flcore.aggregator"] == f"fedavgm (flcore {version('flcore')})"
     assert tags["flcore.dataset"] == f"digits (flcore {version('flcore')})"
 
 
-def test_the_default_mlflow_store_is_sqlite_in_the_run_folder(tmp_path):
-    """MLflow 3 refuses its file store by default, so flcore's default must not be one."""
-    from flcore.config import LoggerSpec
-    from flcore.engine.observers import build_loggers
+def test_the_default_mlflow_store_and_artifacts_are_in_the_run_folder(tmp_path, tiny_config, monkeypatch):
+    """MLflow 3 refuses its file store by default, so flcore's default must not be one; and MLflow would
+    put the artifacts in ./mlruns of whatever folder the run was started from."""
+    from mlflow.tracking import MlflowClient
 
-    (logger,) = build_loggers([LoggerSpec(name="mlflow")], tmp_path / "logs", "tiny")
-    assert logger._tracking_uri == f"sqlite:///{(tmp_path / 'logs' / 'mlflow.db').resolve()}"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    tiny_config["logging"]["loggers"] = ["mlflow"]
+    tiny_config["federation"]["rounds"] = 1
+    result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path / "runs", progress=False)
+    client = MlflowClient(f"sqlite:///{result.run_dir / 'logs' / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "tiny"])
+    assert run.info.artifact_uri.startswith((result.run_dir / "logs" / "mlartifacts").resolve().as_uri())
+    assert (result.run_dir / "logs" / "mlartifacts").is_dir() and list((tmp_path / "cwd").iterdir()) == []

@@ -49,8 +49,11 @@ def build_loggers(specs: list[Any], log_dir: Path, name: str) -> list[Any]:
             kwargs.setdefault("name", name)
         elif spec.name == "mlflow":
             kwargs.setdefault("experiment_name", name)
-            # MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set: SQLite in the run folder
-            kwargs.setdefault("tracking_uri", f"sqlite:///{(log_dir / 'mlflow.db').resolve()}")
+            # MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set: SQLite in the run folder,
+            # with the artifacts beside it (MLflow would put them in ./mlruns of the current folder)
+            if "tracking_uri" not in kwargs:
+                kwargs["tracking_uri"] = f"sqlite:///{(log_dir / 'mlflow.db').resolve()}"
+                kwargs.setdefault("artifact_location", (log_dir / "mlartifacts").resolve().as_uri())
         elif spec.name == "wandb":
             kwargs.setdefault("save_dir", str(log_dir))
             kwargs.setdefault("name", name)
