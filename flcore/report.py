@@ -228,7 +228,7 @@ def _run_figures(record: RunRecord, out: Path) -> list[tuple[str, Path]]:
 
 def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """The overlay of a sweep's settings (mean over seeds, 95% band) and its summary table."""
-    from flcore.sweep import read_sweep
+    from flcore.sweep_summary import read_sweep
 
     results = read_sweep(sweep_dir)
     out = Path(out_dir) if out_dir is not None else RunFiles(sweep_dir).path("report")

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from flcore.cli import main
 from flcore.engine.rundir import read_csv
-from flcore.sweep import RandomSearch, Range, SweepSpec, _draw, plan, read_sweep, run_state, run_sweep
+from flcore.sweep import RandomSearch, Range, SweepSpec, _draw, plan, run_state, run_sweep
+from flcore.sweep_summary import read_sweep
 from flcore.testing import tiny_config
 
 #: Student's t quantile t(0.975, df=2), from any table: the 95% interval of a mean over 3 seeds
