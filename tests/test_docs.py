@@ -42,7 +42,6 @@ def test_docs_cli_md_lists_every_command():
 
 def test_the_toml_example_in_config_md_is_the_yaml_example_and_builds_the_same_model():
     import tomllib
-
     import yaml
 
     from flcore.config import validate_config
