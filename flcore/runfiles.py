@@ -58,11 +58,15 @@ class RunFiles:
         return self.path(relative).exists()
 
     def folders(self, relative: str = "") -> list[str]:
-        """The names of the real folders (not links) directly in ``relative``, sorted."""
+        """The names of the folders directly in ``relative``, sorted; raises if one is a link."""
         base = self.path(relative) if relative else self.root
         if not base.is_dir():
             return []
-        return sorted(e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
+        entries = list(os.scandir(base))
+        for entry in entries:
+            if entry.is_symlink() and entry.is_dir():
+                self.path(f"{relative}/{entry.name}" if relative else entry.name)  # raises, naming the link
+        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
 
     def read_bytes(self, relative: str) -> bytes | None:
         """The bytes of a regular file, or None when it does not exist."""

@@ -430,7 +430,8 @@ def _cores() -> int:
 
 
 def _outcomes(tasks: list[_Task], jobs: int) -> Iterator[Outcome]:
-    if jobs == 1:
+    jobs = min(jobs, len(tasks))
+    if jobs <= 1:
         for task in tasks:
             yield _execute(task)
         return
