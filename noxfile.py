@@ -14,9 +14,9 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (pass -m 'not slow' to skip the slow cases)."""
+    # as .ci/run does: flcore first, so that the contrib packages' flcore requirement is met by this checkout
     session.install("-e", ".[test]")
-    for package in sorted(glob.glob("contrib/*/pyproject.toml")):
-        session.install("--no-deps", package.rsplit("/", 1)[0])
+    session.install(*[p.rsplit("/", 1)[0] for p in sorted(glob.glob("contrib/*/pyproject.toml"))])
     session.run("pytest", "-q", *session.posargs)
 
 
@@ -38,6 +38,19 @@ def wheel(session: nox.Session) -> None:
     listed = json.loads(output)
     assert any(c["name"] == "fedavg" and c["provided_by"] == "flcore" for c in listed["components"]), listed
     session.run("flcore", "run", "--set", "federation.rounds=2", "--out", session.create_tmp())
+
+
+@nox.session
+def release(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/ and check them with twine (what PyPI would accept)."""
+    import shutil
+
+    session.install("build>=1.0", "twine>=5")
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", "dist/")
+    built = sorted(glob.glob("dist/flcore-*"))
+    assert any(p.endswith(".whl") for p in built) and any(p.endswith(".tar.gz") for p in built), built
+    session.run("twine", "check", "--strict", *built)
 
 
 @nox.session

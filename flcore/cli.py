@@ -325,6 +325,41 @@ def schema() -> None:
     click.echo(json.dumps(ExperimentConfig.model_json_schema(), indent=2))
 
 
+@main.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--grid", multiple=True, metavar="KEY=[V1,V2]", help="Values of a config key to try (a YAML list, or "
+              "V1,V2), crossed with the other --grid keys and the file's 'sweep.grid' (repeatable).")
+@click.option("--seeds", help="Seeds of every setting: 0,1,2 or 0-4 (default: the file's 'sweep.seeds', else 0).")
+@click.option("--random", "samples", type=click.IntRange(1), help="Random search: draw this many settings from the "
+              "--sample spaces (crossed with the grid).")
+@click.option("--sample", multiple=True, metavar="KEY=SPACE", help="A random-search space: a YAML list of choices, or "
+              "{low: 0.001, high: 0.1, log: true} (repeatable).")
+@click.option("--search-seed", type=click.IntRange(0), help="Seed of the random draws (default 0).")
+@click.option("--metric", "metrics", multiple=True, help="Final metric to summarise (repeatable; default test_acc, "
+              "test_loss).")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True, help="Runs at a time, each in "
+              "its own worker process.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The sweep folder (default: sweeps/<config name>); running the same sweep again resumes it.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Resume the sweep in this folder, as recorded in its sweep.yaml.")
+@strict_option
+@handle_errors
+def sweep(config: Path | None, overrides: tuple[str, ...], grid: tuple[str, ...], seeds: str | None,
+          samples: int | None, sample: tuple[str, ...], search_seed: int | None, metrics: tuple[str, ...], jobs: int,
+          out_dir: Path | None, resume_dir: Path | None, strict: bool | None) -> None:
+    """Run CONFIG over a grid of settings and seeds (or a sweep file's 'sweep:' section) and summarise
+    each setting over its seeds: mean, standard deviation and 95% confidence interval."""
+    from flcore.sweep import SWEEP_FILE, run_sweep, sweep_from_options
+
+    if resume_dir is not None:
+        if config or overrides or grid or seeds or samples or sample or search_seed is not None or out_dir:
+            raise click.UsageError("--resume takes the sweep from its folder; give only -j and --metric with it.")
+        config, out_dir = resume_dir / SWEEP_FILE, resume_dir
+    base, spec = sweep_from_options(config, overrides, grid, seeds, samples, sample, search_seed, metrics)
+    run_sweep(base, spec, out_dir or Path("sweeps") / str(base.get("name", "sweep")), jobs, strict, click.echo)
+
 
 
 def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[str, ...]) -> Any:

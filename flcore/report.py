@@ -4,181 +4,248 @@ Reads only the run folder (see docs/outputs.md), so it works on runs from other 
 run: global metrics per round (Figure 8), the most-selected agents' local curves (Figure 9),
 sampling counts per agent, memory per round (Figure 10), the labels per agent (Figure 6), the
 profiler's table (Table 4), the resolved config and the plugin versions. For several runs: their
-global curves overlaid.
+global curves overlaid. For a sweep folder (``flcore sweep``): each setting's mean curve over seeds
+with its 95% confidence band, and the summary table.
+
+A run folder is untrusted input: every file is read through :class:`~flcore.runfiles.RunFiles`
+(no symbolic links, clear errors for malformed files), everything is read and checked before
+anything is written, and the report is never written through a link inside the run folder.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, field_validator
 
 from flcore.engine.checkpoint import write_text
-from flcore.engine.rundir import read_csv
 from flcore.errors import UserError
-from flcore.plots import _pyplot, draw_label_distribution
+from flcore.plots import (
+    Curve,
+    agents_figure,
+    global_figure,
+    memory_figure,
+    partition_figure,
+    sampling_figure,
+    save_figure,
+)
+from flcore.runfiles import RunFiles, numbers, require_columns
 
 
-def _floats(rows: list[dict[str, str]], key: str) -> np.ndarray:
-    return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+class PartitionFile(BaseModel):
+    """an object whose 'label_counts' lists, for each agent, its number of samples of each label."""
+
+    model_config = ConfigDict(extra="allow")
+    label_counts: list[list[NonNegativeInt]] | None = None
+
+    @field_validator("label_counts")
+    @classmethod
+    def _rectangular(cls, rows: list[list[int]] | None) -> list[list[int]] | None:
+        if rows and len({len(r) for r in rows}) != 1:
+            raise ValueError("every agent's row must have one count per label")
+        return rows
 
 
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    _pyplot().close(fig)
-    tmp.replace(path)
-    return path
+class SummaryFile(BaseModel):
+    """an object with 'final', the last round's metrics by name, as flcore run writes it."""
+
+    model_config = ConfigDict(extra="allow")
+    final: dict[str, float | int | str | None] = {}
+    best_test_acc: float | None = None
+    profile: str = ""
 
 
-def _check_run(run_dir: Path) -> list[dict[str, str]]:
-    metrics = run_dir / "metrics.csv"
-    if not metrics.is_file():
-        raise UserError(f"'{run_dir}' is not a flcore run folder: it has no metrics.csv.")
-    rows = read_csv(metrics)
+class PluginsFile(BaseModel):
+    """an object with 'distributions' (name to version) and 'components', as flcore run writes it."""
+
+    model_config = ConfigDict(extra="allow")
+    distributions: dict[str, str] = {}
+    components: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class History:
+    """A run's metrics.csv, checked: the step (round or epoch) and the plotted columns as arrays."""
+
+    step_name: str
+    step: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def column(self, name: str) -> np.ndarray:
+        return self.columns.get(name, np.full(len(self.step), np.nan))
+
+    def curve(self, label: str) -> Curve:
+        train = self.columns.get("train_loss")
+        return Curve(label, self.step, self.column("test_acc"), self.column("test_loss"), train)
+
+
+def read_history(files: RunFiles) -> History:
+    """metrics.csv of a run folder, or a UserError saying why it is not a (started) run."""
+    rows = files.csv_rows("metrics.csv")
+    if rows is None:
+        raise UserError(f"'{files.root}' is not a flcore run folder: it has no metrics.csv.")
     if not rows:
-        raise UserError(f"'{run_dir}' has no completed round or epoch yet.")
-    return rows
+        raise UserError(f"'{files.root}' has no completed round or epoch yet.")
+    where = files.describe("metrics.csv")
+    step_name = "round" if "round" in rows[0] else "epoch"
+    if step_name not in rows[0]:
+        raise UserError(f"{where} lacks the column 'round' (or 'epoch' for a centralized run); its columns are "
+                        f"{', '.join(rows[0])}.")
+    plotted = ["test_acc", "test_loss", "train_loss"] + [k for k in rows[0] if k.startswith("memory/")]
+    columns = {name: numbers(rows, name, where) for name in plotted if name in rows[0]}
+    return History(step_name, numbers(rows, step_name, where, integer=True), columns)
 
 
-def _step_key(rows: list[dict[str, str]]) -> str:
-    return "round" if "round" in rows[0] else "epoch"
+@dataclass
+class RunRecord:
+    """Everything the report shows about one run, read and checked before anything is drawn."""
+
+    path: Path
+    history: History
+    agents: dict[str, np.ndarray] | None = None
+    times_selected: np.ndarray | None = None
+    label_counts: np.ndarray | None = None
+    summary: SummaryFile = field(default_factory=SummaryFile)
+    profile: str = ""
+    plugins: PluginsFile = field(default_factory=PluginsFile)
+    config_text: str = ""
 
 
-def plot_global(runs: Sequence[tuple[str, list[dict[str, str]]]], path: Path) -> Path:
-    """Test accuracy and loss, and local training loss, per round (one line per run)."""
-    plt = _pyplot()
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, rows in runs:
-        step = _floats(rows, _step_key(rows))
-        acc, loss = _floats(rows, "test_acc"), _floats(rows, "test_loss")
-        seen = ~np.isnan(acc)
-        acc_ax.plot(step[seen], acc[seen], marker=".", label=label)
-        loss_ax.plot(step[seen], loss[seen], marker=".", label=f"{label} test")
-        if "train_loss" in rows[0]:
-            loss_ax.plot(step, _floats(rows, "train_loss"), linestyle="--", alpha=0.7, label=f"{label} train")
-    acc_ax.set(xlabel=_step_key(runs[0][1]), ylabel="test accuracy", title="global model accuracy")
-    loss_ax.set(xlabel=_step_key(runs[0][1]), ylabel="cross-entropy", title="global model loss")
-    for ax in (acc_ax, loss_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_agents(records: list[dict[str, str]], path: Path, agents: int = 3) -> Path | None:
-    """Local loss and accuracy of the most-selected agents, over their rounds and epochs (Figure 9)."""
-    if not records:
+def _agent_records(files: RunFiles) -> dict[str, np.ndarray] | None:
+    versions = [v for v in files.folders("logs/agents") if v.startswith("version_")]
+    versions.sort(key=lambda v: int(v.removeprefix("version_")) if v.removeprefix("version_").isdigit() else -1)
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("agent", "round", "epoch", "loss", "acc")}
+    for version in versions:
+        relative = f"logs/agents/{version}/metrics.csv"
+        rows = files.csv_rows(relative) or []
+        require_columns(rows, list(arrays), files.describe(relative))
+        for key, values in arrays.items():
+            values.append(numbers(rows, key, files.describe(relative), integer=key in ("agent", "round", "epoch")))
+    if not arrays["agent"] or not sum(len(a) for a in arrays["agent"]):
         return None
-    plt = _pyplot()
-    ids = np.array([int(float(r["agent"])) for r in records])
-    chosen = [int(a) for a in np.argsort(-np.bincount(ids), kind="stable")[:agents]]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
-    epochs = 1 + max(int(float(r["epoch"])) for r in records)
-    for agent in chosen:
-        mine = [r for r in records if int(float(r["agent"])) == agent]
-        x = [int(float(r["round"])) + 1 + int(float(r["epoch"])) / epochs for r in mine]
-        loss_ax.plot(x, [float(r["loss"]) for r in mine], marker="o", label=f"agent {agent}")
-        acc_ax.plot(x, [float(r["acc"]) for r in mine], marker="o", label=f"agent {agent}")
-    loss_ax.set(xlabel="round (and local epoch)", ylabel="local training loss", title="agents' local loss")
-    acc_ax.set(xlabel="round (and local epoch)", ylabel="local training accuracy", title="agents' local accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    return _save(fig, path)
+    merged = {k: np.concatenate(v) for k, v in arrays.items()}
+    if (merged["agent"] < 0).any():
+        raise UserError(f"{files.describe('logs/agents')}: an agent id is negative.")
+    return merged
 
 
-def plot_sampling(rows: list[dict[str, str]], path: Path) -> Path:
-    """How often each agent was selected, and its number of samples."""
-    plt = _pyplot()
-    times = np.array([int(r["times_selected"]) for r in rows])
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    shown = times[:500]
-    ax.bar(np.arange(len(shown)), shown, width=1.0, color="tab:blue")
-    ax.set(xlabel="agent" + (" (first 500)" if len(times) > 500 else ""), ylabel="times selected",
-           title=f"sampling counts ({int((times > 0).sum())} of {len(times)} agents ever selected)")
-    fig.tight_layout()
-    return _save(fig, path)
+def read_run(path: str | Path) -> RunRecord:
+    """Read and check every file of a run folder that the report uses."""
+    files = RunFiles(path)
+    record = RunRecord(Path(path), read_history(files))
+    record.agents = _agent_records(files)
+    sampling = files.csv_rows("sampling.csv")
+    if sampling:
+        require_columns(sampling, ["times_selected"], files.describe("sampling.csv"))
+        record.times_selected = numbers(sampling, "times_selected", files.describe("sampling.csv"), integer=True)
+    partition = files.json("partition.json", PartitionFile)
+    if partition is not None and partition.label_counts:
+        record.label_counts = np.array(partition.label_counts, dtype=np.int64)
+    record.summary = files.json("summary.json", SummaryFile) or SummaryFile()
+    record.profile = files.text("profile.txt") or record.summary.profile
+    record.plugins = files.json("plugins.json", PluginsFile) or PluginsFile()
+    record.config_text = files.text("config.yaml") or ""
+    return record
 
 
-def plot_memory(rows: list[dict[str, str]], path: Path) -> Path | None:
-    """Memory per round: peak process memory, and device memory on accelerators (Figure 10)."""
-    columns = [k for k in rows[0] if k.startswith("memory/")]
-    if not columns:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 3.2))
-    step = _floats(rows, _step_key(rows))
-    for column in columns:
-        ax.plot(step, _floats(rows, column), marker=".", label=column.removeprefix("memory/"))
-    ax.set(xlabel=_step_key(rows), ylabel="MiB", title="memory")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return _save(fig, path)
+def _output_folder(runs: Sequence[Path], out_dir: str | Path | None) -> Path:
+    """Where the report goes; the default folder inside a run may not be (or be reached by) a link."""
+    if out_dir is not None:
+        out = Path(out_dir)
+    elif len(runs) == 1:
+        out = RunFiles(runs[0]).path("report")
+    else:
+        out = Path("report")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' exists and is not a folder; give another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
-def plot_partition(partition: dict[str, Any], path: Path) -> Path | None:
-    """Labels per agent as stacked bars (Figure 6)."""
-    counts = partition.get("label_counts")
-    if not counts:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 3.6))
-    draw_label_distribution(ax, np.array(counts), "labels per agent")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _agent_records(run_dir: Path) -> list[dict[str, str]]:
-    files = sorted((run_dir / "logs" / "agents").glob("version_*/metrics.csv"))
-    return [row for f in files for row in read_csv(f)]
-
-
-def _read(path: Path) -> str:
-    return path.read_text() if path.is_file() else ""
+def _is_sweep(path: Path) -> bool:
+    return (path / "sweep.yaml").is_file() and (path / "runs").is_dir()
 
 
 def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
-    """Write the report of one run (or the overlay of several) and return the HTML page's path."""
+    """Write the report of one run (or the overlay of several, or a sweep) and return the HTML page."""
     runs = [Path(d) for d in run_dirs]
     if not runs:
         raise UserError("give at least one run folder.")
-    histories = [(run.name, _check_run(run)) for run in runs]
-    out = Path(out_dir) if out_dir is not None else (runs[0] / "report" if len(runs) == 1 else Path("report"))
-    out.mkdir(parents=True, exist_ok=True)
-    figures: list[tuple[str, Path]] = [("Global model per round (Figure 8)", plot_global(histories, out / "global.png"))]
+    if any(_is_sweep(r) for r in runs):
+        if len(runs) > 1:
+            raise UserError("give one sweep folder alone, not with other folders.")
+        return sweep_report(runs[0], out_dir)
+    records = [read_run(r) for r in runs] if len(runs) == 1 else []
+    histories = [(r.name, read_history(RunFiles(r))) for r in runs] if not records else [
+        (records[0].path.name, records[0].history)]
+    out = _output_folder(runs, out_dir)
+    step_name = histories[0][1].step_name
+    figures = [("Global model per round (Figure 8)",
+                save_figure(global_figure([h.curve(name) for name, h in histories], step_name), out / "global.png"))]
     sections: list[str] = []
-    if len(runs) == 1:
-        run = runs[0]
-        figure = plot_agents(_agent_records(run), out / "agents.png")
-        if figure:
-            figures.append(("Local curves of the most-selected agents (Figure 9)", figure))
-        if (run / "sampling.csv").is_file():
-            figures.append(("Sampling counts per agent", plot_sampling(read_csv(run / "sampling.csv"), out / "sampling.png")))
-        figure = plot_memory(histories[0][1], out / "memory.png")
-        if figure:
-            figures.append(("Memory per round (Figure 10)", figure))
-        if (run / "partition.json").is_file():
-            figure = plot_partition(json.loads((run / "partition.json").read_text()), out / "partition.png")
-            if figure:
-                figures.append(("Labels per agent (Figure 6)", figure))
-        summary = json.loads(_read(run / "summary.json") or "{}")
-        profile = _read(run / "profile.txt") or summary.get("profile", "")
-        plugins = json.loads(_read(run / "plugins.json") or "{}")
+    if records:
+        record = records[0]
+        figures += _run_figures(record, out)
+        summary = record.summary
+        shown = {k: v for k, v in summary.model_dump().items() if k not in ("profile", "final")}
         sections += [
-            _section("Summary", _table({k: v for k, v in summary.items() if k not in ("profile", "final")}
-                                       | {f"final {k}": v for k, v in summary.get("final", {}).items()})),
-            _section("Profiler (Table 4)", f"<pre>{html.escape(profile)}</pre>" if profile else "<p>no profiler</p>"),
-            _section("Plugins", _table(plugins.get("distributions", {})) +
-                     f"<pre>{html.escape(json.dumps(plugins.get('components', {}), indent=2))}</pre>"),
-            _section("Resolved config", f"<pre>{html.escape(_read(run / 'config.yaml'))}</pre>"),
+            _section("Summary", _table(shown | {f"final {k}": v for k, v in summary.final.items()})),
+            _section("Profiler (Table 4)",
+                     f"<pre>{html.escape(record.profile)}</pre>" if record.profile else "<p>no profiler</p>"),
+            _section("Plugins", _table(record.plugins.distributions) +
+                     f"<pre>{html.escape(json.dumps(record.plugins.components, indent=2))}</pre>"),
+            _section("Resolved config", f"<pre>{html.escape(record.config_text)}</pre>"),
         ]
     title = runs[0].name if len(runs) == 1 else "comparison of " + ", ".join(r.name for r in runs)
+    return _write_page(out, title, figures, sections)
+
+
+def _run_figures(record: RunRecord, out: Path) -> list[tuple[str, Path]]:
+    figures = []
+    if record.agents is not None:
+        a = record.agents
+        figures.append(("Local curves of the most-selected agents (Figure 9)",
+                        save_figure(agents_figure(a["agent"], a["round"], a["epoch"], a["loss"], a["acc"]),
+                                    out / "agents.png")))
+    if record.times_selected is not None:
+        figures.append(("Sampling counts per agent", save_figure(sampling_figure(record.times_selected),
+                                                                 out / "sampling.png")))
+    memory = {k.removeprefix("memory/"): v for k, v in record.history.columns.items() if k.startswith("memory/")}
+    if memory:
+        figures.append(("Memory per round (Figure 10)",
+                        save_figure(memory_figure(record.history.step, memory, record.history.step_name),
+                                    out / "memory.png")))
+    if record.label_counts is not None:
+        figures.append(("Labels per agent (Figure 6)", save_figure(partition_figure(record.label_counts),
+                                                                   out / "partition.png")))
+    return figures
+
+
+def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """The overlay of a sweep's settings (mean over seeds, 95% band) and its summary table."""
+    from flcore.sweep_summary import read_sweep
+
+    results = read_sweep(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else RunFiles(sweep_dir).path("report")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' exists and is not a folder; give another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    curves = results.curves()
+    figures = []
+    if curves:
+        title = "mean over seeds; band: 95% confidence interval (Student t)"
+        figures.append(("Global model per round, each setting over its seeds",
+                        save_figure(global_figure(curves, results.step_name, title), out / "global.png")))
+    sections = [_section("Summary over seeds", results.summary_html())]
+    return _write_page(out, Path(sweep_dir).name, figures, sections)
+
+
+def _write_page(out: Path, title: str, figures: list[tuple[str, Path]], sections: list[str]) -> Path:
     body = "".join(f'<figure><img src="{p.name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
                    f"</figcaption></figure>" for caption, p in figures) + "".join(sections)
     page = out / "index.html"

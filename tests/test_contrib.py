@@ -51,6 +51,8 @@ def _overrides(package: str, tmp_path: Path) -> list[str]:
         _write_femnist(tmp_path / "femnist")
         return ["dataset={name: femnist, root: " + str(tmp_path / "femnist") + "}", "federation.agents=4",
                 "federation.partitioner=natural", "model={name: mlp, hidden: [16]}"]
+    if package == "flcore-hf":
+        return ["federation.partitioner={name: flwr_dirichlet, alpha: 0.5, min_partition_size: 5}"]
     raise AssertionError(f"add an experiment for the new contrib package {package}")
 
 

@@ -31,7 +31,7 @@ from flcore.engine.checkpoint import CorruptFile, DiskFull, save_torch
 from flcore.engine.evaluation import evaluate
 from flcore.engine.guard import RunInterrupted, RunLock, terminate_as_interrupt
 from flcore.engine.local import LocalTrainer
-from flcore.engine.observers import memory_stats
+from flcore.engine.observers import log_run_artifacts, memory_stats
 from flcore.engine.recording import Progress, Recorder, progress_mode
 from flcore.engine.result import RunResult
 from flcore.engine.rundir import RunDirectory, partition_record
@@ -472,6 +472,7 @@ class FederatedRun:
             "profile": profile,
         }
         self.run_dir.write_json("summary.json", summary)
+        log_run_artifacts(self.recorder.loggers, self.run_dir.path)
         return summary
 
 
