@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from flcore.protocol import Aggregate, AgentResult, RoundComponent, RoundContext
+from flcore.protocol import AgentResult, Aggregate, RoundComponent, RoundContext
 
 if TYPE_CHECKING:
     from flcore.config import TrainingConfig

@@ -263,8 +263,8 @@ def describe(kind: str, name: str, dataset: str | None, mode: str | None, model_
 def partition(config: Path | None, overrides: tuple[str, ...], plot_file: Path | None, as_json: bool,
               strict: bool | None) -> None:
     """Split CONFIG's dataset among its agents and show how labels are spread."""
-    from flcore.config import load_config
     from flcore import seeding
+    from flcore.config import load_config
     from flcore.errors import ConfigError
 
     experiment = _experiment(load_config(config, overrides), strict)
@@ -297,8 +297,15 @@ def partition(config: Path | None, overrides: tuple[str, ...], plot_file: Path |
 @handle_errors
 def report(run_dirs: tuple[Path, ...], out_dir: Path | None) -> None:
     """Plot a run (or overlay several) as PNG files and one HTML page."""
+    from flcore.errors import UserError
     from flcore.report import report as write_report
+    from flcore.sweep_summary import is_sweep, sweep_report
 
+    if any(is_sweep(folder) for folder in run_dirs):
+        if len(run_dirs) > 1:
+            raise UserError("give one sweep folder alone, not with other folders.")
+        click.echo(f"report: {sweep_report(run_dirs[0], out_dir)}")
+        return
     click.echo(f"report: {write_report(run_dirs, out_dir)}")
 
 

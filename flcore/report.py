@@ -4,8 +4,9 @@ Reads only the run folder (see docs/outputs.md), so it works on runs from other 
 run: global metrics per round (Figure 8), the most-selected agents' local curves (Figure 9),
 sampling counts per agent, memory per round (Figure 10), the labels per agent (Figure 6), the
 profiler's table (Table 4), the resolved config and the plugin versions. For several runs: their
-global curves overlaid. For a sweep folder (``flcore sweep``): each setting's mean curve over seeds
-with its 95% confidence band, and the summary table.
+global curves overlaid. A sweep folder's report (each setting's mean curve over seeds with its 95%
+confidence band, and the summary table) is :func:`flcore.sweep_summary.sweep_report`, built from the
+same pieces.
 
 A run folder is untrusted input: every file is read through :class:`~flcore.runfiles.RunFiles`
 (no symbolic links, clear errors for malformed files), everything is read and checked before
@@ -167,19 +168,11 @@ def _output_folder(runs: Sequence[Path], out_dir: str | Path | None) -> Path:
     return out
 
 
-def _is_sweep(path: Path) -> bool:
-    return (path / "sweep.yaml").is_file() and (path / "runs").is_dir()
-
-
 def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
-    """Write the report of one run (or the overlay of several, or a sweep) and return the HTML page."""
+    """Write the report of one run (or the overlay of several) and return the HTML page."""
     runs = [Path(d) for d in run_dirs]
     if not runs:
         raise UserError("give at least one run folder.")
-    if any(_is_sweep(r) for r in runs):
-        if len(runs) > 1:
-            raise UserError("give one sweep folder alone, not with other folders.")
-        return sweep_report(runs[0], out_dir)
     records = [read_run(r) for r in runs] if len(runs) == 1 else []
     histories = [(r.name, read_history(RunFiles(r))) for r in runs] if not records else [
         (records[0].path.name, records[0].history)]
@@ -224,25 +217,6 @@ def _run_figures(record: RunRecord, out: Path) -> list[tuple[str, Path]]:
         figures.append(("Labels per agent (Figure 6)", save_figure(partition_figure(record.label_counts),
                                                                    out / "partition.png")))
     return figures
-
-
-def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """The overlay of a sweep's settings (mean over seeds, 95% band) and its summary table."""
-    from flcore.sweep_summary import read_sweep
-
-    results = read_sweep(sweep_dir)
-    out = Path(out_dir) if out_dir is not None else RunFiles(sweep_dir).path("report")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"'{out}' exists and is not a folder; give another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    curves = results.curves()
-    figures = []
-    if curves:
-        title = "mean over seeds; band: 95% confidence interval (Student t)"
-        figures.append(("Global model per round, each setting over its seeds",
-                        save_figure(global_figure(curves, results.step_name, title), out / "global.png")))
-    sections = [_section("Summary over seeds", results.summary_html())]
-    return _write_page(out, Path(sweep_dir).name, figures, sections)
 
 
 def _write_page(out: Path, title: str, figures: list[tuple[str, Path]], sections: list[str]) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flcore.protocol import Aggregate, AgentResult, RoundComponent, RoundContext
+from flcore.protocol import AgentResult, Aggregate, RoundComponent, RoundContext
 
 if TYPE_CHECKING:
     import torch

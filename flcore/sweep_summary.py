@@ -19,7 +19,7 @@ import yaml
 
 from flcore.errors import UserError
 from flcore.runfiles import RunFiles
-from flcore.sweep import SWEEP_FILE, SweepSpec, parse_spec, plan, planned_rounds, run_state
+from flcore.sweep_plan import SWEEP_FILE, SweepSpec, parse_spec, plan, planned_rounds, run_state
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -184,3 +184,28 @@ def read_sweep(folder: str | Path) -> SweepResults:
         setting.finals[run.seed] = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
         setting.histories[run.seed] = read_history(inner)
     return SweepResults(folder, spec, list(results.values()))
+
+
+def is_sweep(path: Path) -> bool:
+    """Whether ``path`` is a sweep folder (it holds sweep.yaml and runs/)."""
+    return (path / SWEEP_FILE).is_file() and (path / "runs").is_dir()
+
+
+def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """The overlay of a sweep's settings (mean over seeds, 95% band) and its summary table."""
+    from flcore.plots import global_figure, save_figure
+    from flcore.report import _section, _write_page
+
+    results = read_sweep(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else RunFiles(sweep_dir).path("report")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' exists and is not a folder; give another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    curves = results.curves()
+    figures = []
+    if curves:
+        title = "mean over seeds; band: 95% confidence interval (Student t)"
+        figures.append(("Global model per round, each setting over its seeds",
+                        save_figure(global_figure(curves, results.step_name, title), out / "global.png")))
+    sections = [_section("Summary over seeds", results.summary_html())]
+    return _write_page(out, Path(sweep_dir).name, figures, sections)

@@ -10,14 +10,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from scale_data import ManySamples
 
 from flcore.cli import main
 from flcore.config import validate_config
 from flcore.engine.checkpoint import CorruptFile, load_sealed
 from flcore.engine.state_store import read_checkpoint
 from flcore.experiment import Experiment
-
-from scale_data import ManySamples
 
 
 def _sizes(run_dir) -> tuple[int, list[int]]:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from flcore import seeding
 from flcore.agent_plugin import AgentPlugin
 from flcore.config import validate_config
-from flcore import seeding
 from flcore.engine.rundir import read_csv
 from flcore.errors import RunFailure
 from flcore.experiment import Experiment

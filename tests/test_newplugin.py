@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from flcore.cli import main
 
-
 KINDS = {"aggregator": "fedtest", "sampler": "pickfew", "partitioner": "stripes", "agent_plugin": "clipper",
          "server_plugin": "damper", "backend": "bysize"}
 

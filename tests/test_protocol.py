@@ -16,7 +16,7 @@ from flcore.engine.state_store import read_checkpoint
 from flcore.errors import ConfigError, RunFailure
 from flcore.experiment import Experiment
 from flcore.metadata import AgentMetadata
-from flcore.protocol import Aggregate, AgentResult, AgentStatus
+from flcore.protocol import AgentResult, AgentStatus, Aggregate
 from flcore.server_plugin import ServerPlugin
 
 CALLS: list[str] = []

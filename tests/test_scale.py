@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-import torch
+from scale_data import ManySamples
 
 from flcore.config import validate_config
 from flcore.experiment import Experiment
-
-from scale_data import ManySamples
 
 
 def test_a_hundred_thousand_agents_run_and_are_recorded(tmp_path, tiny_config):

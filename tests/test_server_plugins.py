@@ -8,7 +8,7 @@ import torch
 from flcore import hookimpl
 from flcore.config import validate_config
 from flcore.experiment import Experiment
-from flcore.protocol import Aggregate, AgentResult
+from flcore.protocol import AgentResult, Aggregate
 from flcore.server_plugin import ServerPlugin
 from flcore.testing import build, check_server_plugin, round_context
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flcore.config import ExperimentConfig, config_to_dict
 from flcore import seeding
+from flcore.config import ExperimentConfig, config_to_dict
 from flcore.engine.assembly import build_data_and_model
 from flcore.engine.checkpoint import save_torch
 from flcore.engine.evaluation import evaluate

@@ -24,8 +24,15 @@ import torch
 from flcore import seeding
 from flcore.backend import Backend, TrainingSetup
 from flcore.config import RESUMABLE_FIELDS, ExperimentConfig, config_to_dict
-from flcore.engine.assembly import (build_components, build_data_and_model, build_partition, build_population,
-                                    check_server_plugins, prepare_backend, training_tensors)
+from flcore.engine.assembly import (
+    build_components,
+    build_data_and_model,
+    build_partition,
+    build_population,
+    check_server_plugins,
+    prepare_backend,
+    training_tensors,
+)
 from flcore.engine.buffers import average_buffers
 from flcore.engine.checkpoint import CorruptFile, DiskFull, save_torch
 from flcore.engine.evaluation import evaluate
@@ -38,7 +45,7 @@ from flcore.engine.rundir import RunDirectory, partition_record
 from flcore.engine.state_store import CheckpointStore, config_fingerprint
 from flcore.engine.weights import ModelWeights
 from flcore.errors import ConfigError, RunFailure
-from flcore.protocol import PHASES, Aggregate, AgentResult, AgentStatus, Instruction, RoundContext, overrides
+from flcore.protocol import PHASES, AgentResult, AgentStatus, Aggregate, Instruction, RoundContext, overrides
 from flcore.server_plugin import ServerPlugin
 from flcore.training import lr_factor
 

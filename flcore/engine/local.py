@@ -9,6 +9,7 @@ loop (``sequential`` and ``distributed`` train with it; ``vectorized`` falls bac
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 
@@ -16,8 +17,16 @@ from flcore import seeding
 from flcore.agent_plugin import AgentPlugin
 from flcore.backend import TrainingSetup
 from flcore.engine.weights import ModelWeights, flatten
-from flcore.protocol import AgentContext, AgentFailure, AgentResult, AgentState, Instruction, RoundContext, \
-    overrides, split_like
+from flcore.protocol import (
+    AgentContext,
+    AgentFailure,
+    AgentResult,
+    AgentState,
+    Instruction,
+    RoundContext,
+    overrides,
+    split_like,
+)
 from flcore.training import build_optimizer, compute_loss
 
 

@@ -21,11 +21,11 @@ import math
 from typing import Any, Sequence
 
 import torch
+from flcore_plugins.backends.sequential import SequentialBackend
 
 from flcore.backend import Deliver
 from flcore.engine.runtime import build_fabric, single_device_fabric
 from flcore.protocol import AgentResult, Instruction, RoundContext
-from flcore_plugins.backends.sequential import SequentialBackend
 
 
 class DistributedBackend(SequentialBackend):

@@ -20,6 +20,7 @@ import math
 from typing import Any, Callable, Sequence
 
 import torch
+from flcore_plugins.backends.sequential import SequentialBackend
 from pydantic import Field
 from torch import nn
 
@@ -30,7 +31,6 @@ from flcore.engine.weights import flatten
 from flcore.params import ComponentParams
 from flcore.protocol import AgentContext, AgentResult, AgentState, Instruction, RoundContext, split_like
 from flcore.training import per_sample_loss
-from flcore_plugins.backends.sequential import SequentialBackend
 
 
 class VectorizedParams(ComponentParams):

@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 
 from flcore.params import ComponentParams
-from flcore.protocol import Aggregate, AgentResult, RoundContext
+from flcore.protocol import AgentResult, Aggregate, RoundContext
 from flcore.server_plugin import ServerPlugin
 
 

@@ -25,7 +25,7 @@ from pydantic import Field
 from flcore.aggregation import Aggregator
 from flcore.errors import ConfigError, RunFailure
 from flcore.params import ComponentParams
-from flcore.protocol import Aggregate, AgentResult, Instruction, RoundContext
+from flcore.protocol import AgentResult, Aggregate, Instruction, RoundContext
 
 if TYPE_CHECKING:
     from flcore.config import TrainingConfig

@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from flcore_fednova.fednova import coefficient_norm
 
 from flcore.config import TrainingConfig
 from flcore.errors import ConfigError, RunFailure
 from flcore.protocol import AgentResult, Instruction
 from flcore.testing import build, check_aggregator, round_context, run_tiny_experiment, tiny_config
-from flcore_fednova.fednova import coefficient_norm
 
 
 def reference_norm(steps: int, rho: float) -> float:
