@@ -96,15 +96,18 @@ def run_centralized(experiment: Experiment, out_dir: str | Path, progress: bool 
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Without Lightning's banners and tips ("GPU available: ...", "💡 Tip: ...", "`Trainer.fit`
-    stopped: ..."): INFO messages of the ``lightning.pytorch`` logger, raised to WARNING here as
-    Lightning's docs on console logging show, and restored afterwards. Lightning's own use of a
-    deprecated torch API (``LeafSpec``) is no warning a user can act on; every other still shows."""
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    stopped: ...", the GPUs' "LOCAL_RANK: ..." and Tensor Core advice): INFO messages of the
+    ``lightning.pytorch`` and ``lightning.fabric`` loggers, raised to WARNING here as Lightning's docs
+    on console logging show, and restored afterwards. Lightning's own use of a deprecated torch API
+    (``LeafSpec``) is no warning a user can act on; every other still shows."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
