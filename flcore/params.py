@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 
 class ComponentParams(BaseModel):
-    """Base of every component's parameter model: strict about unknown keys, immutable."""
+    """Base of every component's parameter model: strict about unknown keys, infinities and NaNs, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(ComponentParams):

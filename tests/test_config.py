@@ -126,6 +126,7 @@ REJECTED_BEFORE_TRAINING = [
     ("model={name: cnn, hidden: true}", "'model.hidden' = True"),
     ("training.optimizer={name: adam, betas: [1.5, 0.9]}", "'training.optimizer.betas' = [1.5, 0.9]"),
     ("training.optimizer.lr=.inf", "'training.optimizer.lr' = inf"),
+    ("federation.aggregator={name: fedavg, server_lr: .inf}", "'federation.aggregator.server_lr' = inf"),
     ("runtime.devices=0", "'runtime.devices' = 0"),
     ("runtime.devices=-1", "'runtime.devices' = -1"),
     ("runtime.devices=2", "runtime.devices = 2: the sequential backend trains on one device"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,9 @@ def test_validate_and_run_agree(config):
     if checked.exit_code == 2:
         assert "Traceback" not in checked.output and checked.output.startswith("error: ")
         assert all(w in ("out", "out/runs") for w in written), f"a rejected run wrote {written}"
-    else:  # everything it wrote lies in its one run folder under --out
+    else:  # a model with finite results, and everything it wrote in its one run folder under --out
+        results = re.findall(r"test_(?:acc|loss)=(\S+?)[,)]", ran.output)
+        assert results and all(math.isfinite(float(v)) for v in results), ran.output
         run_folders = {Path(w).parts[2] for w in written if len(Path(w).parts) > 2}
         assert len(run_folders) == 1 and all(w == "out" or w.startswith("out/runs") for w in written), written
 
