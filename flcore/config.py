@@ -8,19 +8,43 @@ component's own model when the experiment is built (:func:`flcore.experiment.res
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
+import importlib.util
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from flcore.errors import ConfigError
 from flcore.params import format_validation_error
 
 
+def _takes_numbers_only(annotation: Any) -> bool:
+    """Whether a field's type has ints or floats in it, and no bool (``int | str``, ``list[int]``)."""
+    def parts(a: Any) -> set[Any]:
+        return {a}.union(*(parts(arg) for arg in typing.get_args(a)))
+
+    found = parts(annotation)
+    return bool(found & {int, float}) and bool not in found
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section: unknown keys, infinities and NaNs are errors, and so is a boolean where a
+    number is expected (pydantic would otherwise read ``agents: true`` as 1)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in items) and _takes_numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true or false")
+        return value
 
 
 class ComponentSpec(BaseModel):
@@ -49,7 +73,14 @@ class OptimizerConfig(_Section):
     momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop.")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty.")
     nesterov: bool = Field(False, description="sgd with momentum > 0.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw; each in [0, 1).")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("each beta must be at least 0 and less than 1, as torch.optim requires")
+        return value
 
 
 class SchedulerConfig(_Section):
@@ -60,8 +91,15 @@ class SchedulerConfig(_Section):
         "gamma^(milestones passed), exponential gamma^t, cosine from 1 down to min_factor.")
     gamma: float = Field(0.1, gt=0, le=1, description="Decay factor of step, multistep and exponential.")
     step_size: int = Field(10, gt=0, description="step: rounds between decays.")
-    milestones: list[int] = Field(default_factory=list, description="multistep: the rounds at which lr decays.")
+    milestones: list[int] = Field(default_factory=list, description="multistep: the rounds at which lr decays (>= 0).")
     min_factor: float = Field(0.0, ge=0, le=1, description="cosine: the final lr as a fraction of lr")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_are_rounds(cls, value: list[int]) -> list[int]:
+        if any(m < 0 for m in value):
+            raise ValueError("milestones are round (or epoch) numbers, at least 0")
+        return value
 
 
 class TrainingConfig(_Section):
@@ -128,11 +166,71 @@ class RuntimeConfig(_Section):
     """Lightning's accelerator, devices and precision."""
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = Field("cpu", description="Lightning accelerator.")
-    devices: int | str = Field(1, description="Devices (processes) per machine; above 1 needs the distributed backend.")
+    devices: int | str = Field(1, description="Devices (processes) per machine: a positive number, 'auto', or on GPUs "
+                               "-1 (all) or indices such as '0,1'; above 1 needs the distributed backend.")
     num_nodes: int = Field(1, gt=0, description="Machines, for the distributed backend.")
     precision: str = Field("32-true", description="Any Lightning precision: 32-true, 16-mixed, bf16-mixed, ...")
     matmul_precision: Literal["highest", "high", "medium"] | None = Field(
         None, description="torch.set_float32_matmul_precision (TF32 on Ampere and newer GPUs).")
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_lightning_accepts(cls, value: int | str, info: ValidationInfo) -> int | str:
+        on_cpu = info.data.get("accelerator") == "cpu"
+        count = _device_count(value)
+        gpu_only = count == -1 or "," in str(value)  # every GPU, or GPU indices
+        if count is None or (on_cpu and gpu_only):
+            raise ValueError(
+                "expected a positive number of devices or 'auto'" + ("" if on_cpu else ", -1 for every GPU, or GPU "
+                "indices such as '0,1'") + (" (accelerator 'cpu' counts processes)" if on_cpu else "")
+            )
+        return value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_lightning_accepts(cls, value: Any) -> Any:
+        value = str(value) if isinstance(value, int) and not isinstance(value, bool) else value  # 16, 32, 64
+        accepted = _lightning_precisions()
+        if isinstance(value, str) and accepted and value not in accepted:
+            raise ValueError(f"Lightning accepts the precisions {', '.join(accepted)}")
+        if isinstance(value, str) and value.startswith("transformer-engine") and not _installed("transformer_engine"):
+            raise ValueError("needs the 'transformer_engine' package, which is not installed")
+        return value
+
+
+def _device_count(devices: int | str) -> int | None:
+    """How many devices ``runtime.devices`` asks for (-1: every GPU, 0: 'auto'), or None if Lightning
+    would not accept it."""
+    text = str(devices).strip()
+    if text == "auto":
+        return 0
+    if re.fullmatch(r"-?\d+", text):
+        return int(text) if int(text) > 0 or int(text) == -1 else None
+    if re.fullmatch(r"\d+(\s*,\s*\d+)*\s*,?", text):
+        return len([i for i in text.split(",") if i.strip()])
+    return None
+
+
+@functools.cache
+def _lightning_precisions() -> tuple[str, ...]:
+    """The precision values in Lightning Fabric's signature (empty if it cannot be read)."""
+    try:
+        from lightning.fabric import Fabric
+
+        hint = typing.get_type_hints(Fabric.__init__)["precision"]
+    except Exception:  # another Lightning version: let Lightning itself judge
+        return ()
+
+    def flatten(annotation: Any) -> list[str]:
+        if typing.get_origin(annotation) is Literal:
+            return [str(a) for a in typing.get_args(annotation)]
+        return [v for a in typing.get_args(annotation) for v in flatten(a)]
+
+    return tuple(dict.fromkeys(flatten(hint)))
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 class LoggerSpec(ComponentSpec):
@@ -152,6 +250,15 @@ class LoggingConfig(_Section):
         "auto: a bar on a terminal, lines elsewhere; on means bar; off: silent.")
     agent_metrics: bool = Field(True, description="Log each agent's local metrics every round.")
 
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers_and_arguments(cls, value: list[LoggerSpec]) -> list[LoggerSpec]:
+        from flcore.engine.observers import check_logger
+
+        for index, spec in enumerate(value):
+            check_logger(spec.name, spec.params, f"logging.loggers[{index}]")
+        return value
+
 
 class CheckpointConfig(_Section):
     """Checkpoints written atomically after rounds, for ``flcore run --resume``."""
@@ -162,7 +269,8 @@ class CheckpointConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole experiment; without ``federation`` it is centralized training."""
 
-    name: str = Field("experiment", description="Run folder prefix and logger name.")
+    name: str = Field("experiment", max_length=200, description="Run folder prefix and logger name: one folder "
+                      "name of letters, digits, '.', '_' and '-'.")
     seed: int = Field(0, ge=0, description="Every random stream derives from it.")
     dataset: ComponentSpec = Field(description="The dataset component.")
     model: ComponentSpec = Field(description="The model component.")
@@ -174,6 +282,26 @@ class ExperimentConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        if not _FOLDER_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError("the run folder is <out>/<name>-<timestamp>, so name must be one folder name made of "
+                             "letters, digits, '.', '_' and '-' (not '.' or '..')")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _one_device_unless_distributed(cls, value: RuntimeConfig, info: ValidationInfo) -> RuntimeConfig:
+        federation = info.data.get("federation")
+        count = _device_count(value.devices)
+        if federation is not None and federation.backend != "distributed" and count is not None and count > 1:
+            raise ValueError(f"runtime.devices = {value.devices!r}: the {federation.backend} backend trains on one "
+                             "device; use devices: 1, or federation.backend: distributed to spread agents over devices")
+        return value
+
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 DEFAULT_CONFIG_NAME = "default.yaml"
 
@@ -186,7 +314,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start:exc.start + 1]
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {exc.start} is {byte!r}); a config is a "
+                          "YAML or TOML file.") from None
+    except OSError as exc:
+        raise ConfigError(f"config file '{path}' could not be read: {exc.strerror}.") from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class ComponentParams(BaseModel):
-    """Base of every component's parameter model: strict about unknown keys, immutable."""
+    """Base of every component's parameter model: strict about unknown keys, infinities and NaNs, immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(ComponentParams):

@@ -1,4 +1,5 @@
-"""Writers of tiny dataset files in the real on-disk formats (IDX, gzip, pickled CIFAR batches)."""
+"""Writers of tiny dataset files in the real on-disk formats (IDX, gzip, pickled CIFAR batches,
+including the Python 2 pickles of the official CIFAR archives)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,11 @@ def mnist_like(root: Path, folder: str, n_train: int, n_test: int, classes: int 
     return out
 
 
-def cifar_like(root: Path, hundred: bool, per_batch: int, rng=None) -> dict[str, np.ndarray]:
-    """Write CIFAR-10 (five data batches, test batch, meta) or CIFAR-100 (train, test, meta) pickles."""
+def cifar_like(root: Path, hundred: bool, per_batch: int, rng=None, protocol: int | None = None,
+               python2: bool = False) -> dict[str, np.ndarray]:
+    """Write CIFAR-10 (five data batches, test batch, meta) or CIFAR-100 (train, test, meta) pickles,
+    with ``pickle.dump`` (at ``protocol``) or, with ``python2``, as the official files are written."""
+    dump = python2_pickle if python2 else (lambda obj: pickle.dumps(obj, protocol=protocol))
     rng = rng or np.random.default_rng(0)
     folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,13 +68,39 @@ def cifar_like(root: Path, hundred: bool, per_batch: int, rng=None) -> dict[str,
     for name in batches:
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, classes, size=per_batch).tolist()
-        with open(folder / name, "wb") as handle:
-            pickle.dump({"data": data, label_key: labels, "batch_label": name}, handle)
+        (folder / name).write_bytes(dump({"data": data, label_key: labels, "batch_label": name}))
         split = "test" if "test" in name else "train"
         out[f"x_{split}"].append(data.reshape(-1, 3, 32, 32))
         out[f"y_{split}"].append(np.array(labels))
     meta = {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]} \
         if hundred else {"label_names": [f"c{i}" for i in range(10)]}
-    with open(folder / ("meta" if hundred else "batches.meta"), "wb") as handle:
-        pickle.dump(meta, handle)
+    (folder / ("meta" if hundred else "batches.meta")).write_bytes(dump(meta))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def python2_pickle(obj) -> bytes:
+    """A protocol-2 pickle as Python 2's cPickle writes one, ``str`` as byte strings and arrays through
+    ``numpy.core.multiarray._reconstruct``: the format of the official CIFAR batches. Handles the
+    dicts, strings, ints, lists and uint8 arrays that those batches hold."""
+    return b"\x80\x02" + _py2(obj) + b"."
+
+
+def _py2(obj) -> bytes:
+    if isinstance(obj, dict):
+        return b"}(" + b"".join(_py2(k) + _py2(v) for k, v in obj.items()) + b"u"
+    if isinstance(obj, list):
+        return b"](" + b"".join(_py2(v) for v in obj) + b"e"
+    if isinstance(obj, str):
+        return _py2_bytes(obj.encode("latin1"))
+    if isinstance(obj, int):
+        return b"J" + struct.pack("<i", obj)
+    if isinstance(obj, np.ndarray) and obj.dtype == np.uint8:
+        dtype = (b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+        shape = b"(" + b"".join(_py2(int(n)) for n in obj.shape) + b"t"
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"
+                + b"(K\x01" + shape + dtype + b"\x89" + _py2_bytes(obj.tobytes()) + b"tb")
+    raise TypeError(f"no Python 2 encoding here for {type(obj).__name__}")
+
+
+def _py2_bytes(data: bytes) -> bytes:
+    return (b"U" + bytes([len(data)]) if len(data) < 256 else b"T" + struct.pack("<I", len(data))) + data

@@ -103,3 +103,62 @@ def test_unparseable_files_are_config_errors(tmp_path):
         load_config(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------- what run rejects, validate rejects (exit 2, field path)
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from flcore.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+REJECTED_BEFORE_TRAINING = [
+    ("logging.loggers=[tensorbored]", "logging.loggers[0].name = 'tensorbored'"),
+    ("logging.loggers=[{name: csv, flush_every: 5}]", "logging.loggers[0].flush_every is not an argument"),
+    ("logging.loggers=[{name: csv, flush_logs_every_n_steps: often}]",
+     "logging.loggers[0].flush_logs_every_n_steps = 'often'"),
+    ("logging.loggers=[{name: tensorboard, flushsecs: 5}]", "logging.loggers[0].flushsecs is not an argument"),
+    ("model.hidden=[-4]", "'model.hidden.0' = -4"),
+    ("model.hidden=[0]", "'model.hidden.0' = 0"),
+    ("model={name: cnn, channels: [0, 8]}", "'model.channels.0' = 0"),
+    ("model={name: cnn, hidden: true}", "'model.hidden' = True"),
+    ("training.optimizer={name: adam, betas: [1.5, 0.9]}", "'training.optimizer.betas' = [1.5, 0.9]"),
+    ("training.optimizer.lr=.inf", "'training.optimizer.lr' = inf"),
+    ("federation.aggregator={name: fedavg, server_lr: .inf}", "'federation.aggregator.server_lr' = inf"),
+    ("runtime.devices=0", "'runtime.devices' = 0"),
+    ("runtime.devices=-1", "'runtime.devices' = -1"),
+    ("runtime.devices=2", "runtime.devices = 2: the sequential backend trains on one device"),
+    ("runtime.precision=17-mixed", "'runtime.precision' = '17-mixed'"),
+    ("federation.agents=true", "'federation.agents' = True"),
+    ("checkpoint.every=true", "'checkpoint.every' = True"),
+]
+
+
+@pytest.mark.parametrize("override,field", REJECTED_BEFORE_TRAINING)
+def test_validate_rejects_what_run_rejects_naming_the_field(tmp_path, tiny_config, override, field):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config | {"federation": tiny_config["federation"] | {"rounds": 1}}))
+    checked = _cli("validate", str(config), "--set", override)
+    assert checked.exit_code == 2, checked.output
+    assert field in checked.output and "Traceback" not in checked.output
+    ran = _cli("run", str(config), "--set", override, "--out", str(tmp_path / "runs"))
+    assert ran.exit_code == 2, ran.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_lightning_precisions_are_accepted_by_their_names_and_numbers(tiny_config):
+    for precision, expected in (("bf16-mixed", "bf16-mixed"), (32, "32"), ("64-true", "64-true")):
+        tiny_config["runtime"] = {"precision": precision}
+        assert validate_config(tiny_config).runtime.precision == expected
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "name: caf\xe9\n".encode("latin-1")])
+def test_a_binary_or_non_utf8_config_is_bad_input(tmp_path, content):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(content)
+    for command in ("validate", "run"):
+        result = _cli(command, str(config), *(["--out", str(tmp_path / "runs")] if command == "run" else []))
+        assert result.exit_code == 2, result.output
+        assert "is not UTF-8 text" in result.output and str(config) in result.output

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +49,17 @@ def is_disk_full(exc: BaseException | None) -> bool:
 
 def _replace_atomically(path: Path, write: Callable[[Any], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # created like open() creates a file (mode 0o666, less the umask), not 0o600 as by mkstemp, so that
+    # colleagues can read results; O_EXCL and O_NOFOLLOW never reuse or follow an existing name; the
+    # ".tmp" suffix lets a resumed run remove what a killed write left behind
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)

@@ -9,41 +9,143 @@ from __future__ import annotations
 import json
 import resource
 import sys
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Mapping
 
 import torch
 
 from flcore.errors import ConfigError
 
+
+@dataclass(frozen=True)
+class _LoggerKind:
+    """A Lightning logger flcore builds, and which of its keyword arguments are places on disk."""
+
+    module: str
+    class_name: str
+    requirement: str | None
+    folders: tuple[str, ...] = ()  # relative folders, placed under <run>/logs
+    subpaths: tuple[str, ...] = ()  # relative paths the logger joins under its own folder
+    file_parts: tuple[str, ...] = ()  # parts of a file name: no folder separators
+    locations: tuple[str, ...] = ()  # URIs: remote servers only; flcore keeps local stores in the run folder
+    forwards_to: tuple[str, str] | None = None  # the callable that receives the logger's **kwargs
+    set_here: tuple[str, ...] = ()  # arguments the logger or flcore sets, which a config may not
+
+
 _LOGGERS = {
-    "csv": ("lightning.pytorch.loggers", "CSVLogger", None),
-    "tensorboard": ("lightning.pytorch.loggers", "TensorBoardLogger", "tensorboard"),
-    "mlflow": ("lightning.pytorch.loggers", "MLFlowLogger", "mlflow"),
-    "wandb": ("lightning.pytorch.loggers", "WandbLogger", "wandb"),
+    "csv": _LoggerKind("lightning.pytorch.loggers", "CSVLogger", None, folders=("save_dir",), subpaths=("version",)),
+    "tensorboard": _LoggerKind("lightning.pytorch.loggers", "TensorBoardLogger", "tensorboard",
+                               folders=("save_dir",), subpaths=("version", "sub_dir"), file_parts=("filename_suffix",),
+                               forwards_to=("torch.utils.tensorboard", "SummaryWriter"), set_here=("log_dir",)),
+    "mlflow": _LoggerKind("lightning.pytorch.loggers", "MLFlowLogger", "mlflow", folders=("save_dir",),
+                          locations=("tracking_uri", "artifact_location")),
+    "wandb": _LoggerKind("lightning.pytorch.loggers", "WandbLogger", "wandb", folders=("save_dir", "dir"),
+                         forwards_to=("wandb", "init")),
 }
+_LOCAL_SCHEMES = ("", "file", "sqlite")
+
+
+def check_logger(name: str, arguments: Mapping[str, Any], where: str) -> None:
+    """Raise ValueError unless ``name`` is a logger flcore builds, installed, and ``arguments`` fit
+    the Lightning class's signature and stay inside the run folder. The class is inspected, never
+    instantiated, so that ``flcore validate`` can check a config without side effects. ``where`` is
+    the config path of the logger's section, for the message."""
+    import importlib.util
+
+    kind = _LOGGERS.get(name)
+    if kind is None:
+        raise ValueError(f"{where}.name = {name!r}: unknown logger; expected one of {', '.join(_LOGGERS)}")
+    for key, value in arguments.items():
+        problem = _place_problem(kind, key, value)
+        if problem:
+            raise ValueError(f"{where}.{key} = {value!r}: {problem}")
+    if kind.requirement and importlib.util.find_spec(kind.requirement) is None:
+        raise ValueError(f"{where}.name = {name!r} needs the '{kind.requirement}' package, which is not "
+                         f"installed; install it with: pip install {kind.requirement}")
+    if arguments:
+        _check_signature(kind, arguments, where)
+
+
+def _place_problem(kind: _LoggerKind, key: str, value: Any) -> str | None:
+    if key in kind.set_here:
+        return "chosen inside the run folder by flcore and Lightning; leave it out"
+    if key in kind.folders + kind.subpaths and value is not None and not isinstance(value, int):
+        path = PurePath(str(value))
+        if path.is_absolute() or ".." in path.parts or str(value).startswith("~"):
+            where = "the run folder's logs/" if key in kind.folders else "the logger's folder"
+            return (f"must be a relative path inside {where} (no absolute path, no '..', no '~'), so that every "
+                    "record stays in the run folder")
+    if key in kind.file_parts and isinstance(value, str) and ("/" in value or "\\" in value):
+        return "is part of a file name in the run folder and may not contain a folder separator"
+    if key in kind.locations and isinstance(value, str):
+        from urllib.parse import urlsplit
+
+        scheme = urlsplit(value).scheme.lower()
+        if scheme in _LOCAL_SCHEMES or len(scheme) == 1:  # one letter: a Windows drive
+            return ("is a local store, which flcore keeps inside the run folder (logs/mlruns); leave it out, or give "
+                    "a remote tracking server (http://, https://, databricks, ...)")
+    return None
+
+
+def _check_signature(kind: _LoggerKind, arguments: Mapping[str, Any], where: str) -> None:
+    """Unknown arguments and wrongly typed ones, from the annotations of the class (and of where its
+    ``**kwargs`` go, when that is installed)."""
+    import importlib
+    import inspect
+
+    from pydantic import TypeAdapter, ValidationError
+
+    accepted: dict[str, Any] = {}
+    open_ended = False
+    targets = [getattr(importlib.import_module(kind.module), kind.class_name).__init__]
+    if kind.forwards_to is not None:
+        try:
+            targets.append(getattr(importlib.import_module(kind.forwards_to[0]), kind.forwards_to[1]))
+        except (ImportError, AttributeError):  # cannot see where **kwargs go: accept them
+            open_ended = True
+    for index, target in enumerate(targets):
+        for parameter in list(inspect.signature(target).parameters.values())[1 if index == 0 else 0:]:
+            if parameter.kind is parameter.VAR_KEYWORD:
+                open_ended = open_ended or kind.forwards_to is None
+            elif parameter.kind is not parameter.VAR_POSITIONAL and parameter.name not in kind.set_here:
+                accepted.setdefault(parameter.name, parameter.annotation)
+    accepted.pop("name", None)  # a logger's 'name' is the experiment's name
+    for key, value in arguments.items():
+        if key not in accepted:
+            if open_ended:
+                continue
+            raise ValueError(f"{where}.{key} is not an argument of Lightning's {kind.class_name}; it accepts "
+                             f"{', '.join(accepted)}")
+        annotation = accepted[key]
+        if annotation is inspect.Parameter.empty:
+            continue
+        try:
+            adapter = TypeAdapter(annotation)
+        except Exception:  # an annotation pydantic cannot read (a forward reference): not checked
+            continue
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            raise ValueError(f"{where}.{key} = {value!r}: {exc.errors()[0]['msg']}") from None
 
 
 def build_loggers(specs: list[Any], log_dir: Path, name: str) -> list[Any]:
-    """Instantiate each configured Lightning logger under ``log_dir``."""
+    """Instantiate each configured Lightning logger under ``log_dir`` (checked as :func:`check_logger`)."""
     import importlib
-    import importlib.util
 
     loggers = []
     for index, spec in enumerate(specs):
-        if spec.name not in _LOGGERS:
-            raise ConfigError(
-                f"logging.loggers[{index}].name = {spec.name!r}: unknown logger; "
-                f"expected one of {', '.join(_LOGGERS)}."
-            )
-        module_name, class_name, requirement = _LOGGERS[spec.name]
-        if requirement and importlib.util.find_spec(requirement) is None:
-            raise ConfigError(
-                f"logging.loggers[{index}].name = {spec.name!r} needs the '{requirement}' package, which is "
-                f"not installed; install it with: pip install {requirement}"
-            )
-        cls = getattr(importlib.import_module(module_name), class_name)
+        try:
+            check_logger(spec.name, spec.params, f"logging.loggers[{index}]")
+        except ValueError as exc:
+            raise ConfigError(f"{exc}.") from None
+        kind = _LOGGERS[spec.name]
+        cls = getattr(importlib.import_module(kind.module), kind.class_name)
         kwargs = dict(spec.params)
+        for key in kind.folders:
+            if kwargs.get(key) is not None:
+                kwargs[key] = str(log_dir / str(kwargs[key]))
         if spec.name in ("csv", "tensorboard"):
             kwargs.setdefault("save_dir", str(log_dir))
             kwargs.setdefault("name", name)

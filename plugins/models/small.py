@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 from torch import nn
 
 from flcore.data import DataSpec
 from flcore.models import ClassifierModule
 from flcore.params import ComponentParams, NoParams
 
+#: a layer's width or channel count: a whole number above zero (``true`` is not 1)
+Width = Annotated[StrictInt, Field(gt=0)]
+
 
 class MLPParams(ComponentParams):
-    hidden: list[int] = Field(default_factory=lambda: [200, 200], description="Widths of the hidden layers.")
+    hidden: list[Width] = Field(default_factory=lambda: [200, 200], description="Widths of the hidden layers.")
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -67,9 +71,9 @@ def LeNet5(params: LeNet5Params, spec: DataSpec) -> ClassifierModule:
 
 
 class CNNParams(ComponentParams):
-    channels: tuple[int, int] = (32, 64)
-    kernel_size: int = Field(5, gt=0)
-    hidden: int = Field(512, gt=0)
+    channels: tuple[Width, Width] = Field((32, 64), description="Channels of the two conv layers.")
+    kernel_size: Width = Field(5, description="Side of the square kernels.")
+    hidden: Width = Field(512, description="Width of the hidden dense layer.")
 
 
 def CNN(params: CNNParams, spec: DataSpec) -> ClassifierModule:
