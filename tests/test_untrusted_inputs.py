@@ -134,3 +134,38 @@ def test_relative_logger_folders_are_placed_inside_the_run_folder(tmp_path, tiny
     result = run_tiny_experiment(tmp_path / "out", tiny_config)
     assert (result.run_dir / "logs" / "mine" / "tiny" / "v1" / "metrics.csv").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_tampered_file_in_the_torch_hub_cache_runs_no_code(tmp_path):
+    """torchvision reads cached pretrained weights with weights_only=False and checks hashes only when
+    downloading: flcore loads them itself with weights_only=True."""
+    import pickle
+
+    import torch
+    from torchvision.models import get_model_weights
+
+    from flcore.config import validate_config
+    from flcore.errors import ConfigError
+    from flcore.experiment import Experiment
+    from flcore.testing import tiny_config
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        weights = get_model_weights("resnet18").DEFAULT
+        cached = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(pickle.dumps(Exploit()))
+        config = tiny_config(rounds=1)
+        config["model"] = {"name": "resnet18", "mode": "finetune", "download": False}
+        with pytest.raises(ConfigError, match="could not be loaded"):
+            Experiment(validate_config(config)).run(out_dir=tmp_path / "runs")
+        assert not marker.exists()
+    finally:
+        torch.hub.set_dir(previous)

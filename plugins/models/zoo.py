@@ -18,6 +18,8 @@ downloading when allowed) or from a local checkpoint, always loaded with ``weigh
 
 from __future__ import annotations
 
+import pickle
+
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -179,8 +181,12 @@ def build(name: str, params: ZooParams, spec: DataSpec) -> ClassifierModule:
     from_weights = params.mode != "scratch" and params.checkpoint is None and params.weights != "none"
     weights = _pretrained_weights(builder, params) if from_weights else None
     try:
-        net = get_model(builder, weights=weights)
-    except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
+        net = get_model(builder, weights=None)
+        if weights is not None:
+            # weights_only: a file planted in the hub cache (read without a hash check) must not run code;
+            # torchvision's own get_model(weights=...) reads it with weights_only=False
+            net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True, weights_only=True))
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:  # urllib errors are OSErrors
         raise ConfigError(
             f"model '{name}': pretrained weights {params.weights!r} could not be loaded ({exc}). Offline, put the "
             f"file in {Path(torch.hub.get_dir()) / 'checkpoints'} or set model.checkpoint to a local file."
