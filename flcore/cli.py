@@ -199,10 +199,12 @@ def _passes_of(run_dir: Path, local_epochs: int) -> float:
 @strict_option
 @handle_errors
 def validate(config: Path, overrides: tuple[str, ...], strict: bool | None) -> None:
-    """Check CONFIG: its structure, and every component's parameters against its plugin."""
+    """Check CONFIG: its structure, every component's parameters against its plugin, and everything
+    `flcore run` builds before training (data, model, partition, backend), writing nothing."""
     from flcore.config import load_config
 
     experiment = _experiment(load_config(config, overrides), strict)
+    experiment.check()
     names = {k: "+".join(r.component.qualified_name for r in (v if isinstance(v, list) else [v]))
              for k, v in experiment.components.items() if v}
     click.echo(f"{config}: valid. Components: " + ", ".join(f"{k}={n}" for k, n in names.items()))

@@ -62,6 +62,18 @@ class Experiment:
 
         return run_centralized(self.config, self.components, self.provenance(), out_dir, progress)
 
+    def check(self) -> None:
+        """Build everything a run builds before training, writing nothing; raise what the run would
+        (:class:`flcore.errors.ConfigError` for data a component rejects, ...)."""
+        if self.federated:
+            from flcore.engine.federated import check_federated
+
+            check_federated(self.config, self.components)
+        else:
+            from flcore.engine.assembly import build_data_and_model
+
+            build_data_and_model(self.config, self.components)
+
     def provenance(self) -> dict[str, Any]:
         """Installed plugin distributions and the components this experiment uses."""
         used = {}

@@ -162,11 +162,15 @@ def test_validate_and_run_agree(config):
 
 # Rejections that need the dataset, model or partition built, which validate does not do. The engine
 # (or `flcore validate` building more) would have to catch them; each stays here until it does.
-ENGINE_ONLY = {
+# validate builds the data, model, partition and backend as run does (Experiment.check), so it sees these
+BUILT_BY_VALIDATE = {
     "the model rejects the data's shape": {"model": "lenet5"},
     "the partitioner cannot give every agent a sample": {"federation": {"agents": 2000}},
     "the partitioner needs more classes than the data has": {
         "federation": {"partitioner": {"name": "k_classes", "k": 11}}},
+}
+
+ENGINE_ONLY = {
     "krum needs more sampled updates than byzantine + 2": {
         "federation": {"aggregator": {"name": "krum", "byzantine": 5}}},
     "the vectorized trainer ignores a half precision": {
@@ -174,6 +178,22 @@ ENGINE_ONLY = {
     "the vectorized trainer ignores a double precision": {
         "federation": {"backend": "vectorized"}, "runtime": {"precision": "64-true"}},
 }
+
+
+def _with(changes: dict) -> dict:
+    config = copy.deepcopy(BASE)
+    for section, value in changes.items():
+        if isinstance(value, dict) and isinstance(config.get(section), dict):
+            config[section].update(value)
+        else:
+            config[section] = value
+    return config
+
+
+@pytest.mark.parametrize("case", sorted(BUILT_BY_VALIDATE))
+def test_validate_builds_what_run_builds_before_training(case):
+    checked, ran, _ = _validate_and_run(_with(BUILT_BY_VALIDATE[case]))
+    assert ran.exit_code == 2 and checked.exit_code == 2, f"validate {checked.exit_code}, run {ran.exit_code}"
 
 
 @pytest.mark.xfail(strict=True, reason="needs the engine: see ENGINE_ONLY")

@@ -540,6 +540,18 @@ def run_federated(config: ExperimentConfig, components: dict[str, Any], provenan
     return RunResult(run_dir.path, run.history, summary, state, rank=backend.rank)
 
 
+def check_federated(config: ExperimentConfig, components: dict[str, Any]) -> None:
+    """Build everything a run builds before its first round (data, model, partition, components,
+    population, backend checks), in memory on one device, writing nothing: what ``flcore validate``
+    runs, so that it rejects what ``flcore run`` would."""
+    from flcore.engine.runtime import build_fabric
+
+    backend: Backend = components["backend"].build()
+    one_device = config.runtime.model_copy(update={"devices": 1, "num_nodes": 1})
+    fabric = build_fabric(one_device)
+    FederatedRun(config, components, RunDirectory(Path("unwritten-run-folder")), backend, fabric)
+
+
 def _run_folder(config: ExperimentConfig, out_dir: str | Path, resume_dir: str | Path | None,
                 backend: Backend) -> tuple[RunDirectory, bool]:
     """The run's folder, and whether the run starts from round 1 in it. A folder whose run was

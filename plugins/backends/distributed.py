@@ -38,11 +38,13 @@ class DistributedBackend(SequentialBackend):
 
     @property
     def rank(self) -> int:
-        return self.collective.global_rank
+        collective = getattr(self, "collective", None)  # not launched (flcore validate): one process
+        return collective.global_rank if collective is not None else 0
 
     @property
     def world_size(self) -> int:
-        return self.collective.world_size
+        collective = getattr(self, "collective", None)
+        return collective.world_size if collective is not None else 1
 
     def broadcast(self, value: Any) -> Any:
         return self.collective.broadcast(value, src=0)
