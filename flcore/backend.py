@@ -60,7 +60,13 @@ Deliver = Callable[[AgentResult], None]
 
 
 class Backend(RoundComponent):
-    """Base of execution backends; override :meth:`train` (and :meth:`launch` for processes)."""
+    """Base of execution backends; override :meth:`train` (and :meth:`launch` for processes).
+
+    ``max_devices`` declares how many devices (``runtime.devices`` times ``runtime.num_nodes``) the
+    backend can use: 1 for one process on one device, ``None`` for any number.
+    """
+
+    max_devices: int | None = 1
 
     def launch(self, runtime: RuntimeConfig) -> Any:
         """Start what the backend needs and return the Fabric that local training uses (one

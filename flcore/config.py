@@ -177,7 +177,7 @@ class RuntimeConfig(_Section):
     @classmethod
     def _devices_lightning_accepts(cls, value: int | str, info: ValidationInfo) -> int | str:
         on_cpu = info.data.get("accelerator") == "cpu"
-        count = _device_count(value)
+        count = device_count(value)
         gpu_only = count == -1 or "," in str(value)  # every GPU, or GPU indices
         if count is None or (on_cpu and gpu_only):
             raise ValueError(
@@ -198,7 +198,7 @@ class RuntimeConfig(_Section):
         return value
 
 
-def _device_count(devices: int | str) -> int | None:
+def device_count(devices: int | str) -> int | None:
     """How many devices ``runtime.devices`` asks for (-1: every GPU, 0: 'auto'), or None if Lightning
     would not accept it."""
     text = str(devices).strip()
@@ -288,16 +288,6 @@ class ExperimentConfig(_Section):
         if not _FOLDER_NAME.fullmatch(value) or value in (".", ".."):
             raise ValueError("the run folder is <out>/<name>-<timestamp>, so name must be one folder name made of "
                              "letters, digits, '.', '_' and '-' (not '.' or '..')")
-        return value
-
-    @field_validator("runtime")
-    @classmethod
-    def _one_device_unless_distributed(cls, value: RuntimeConfig, info: ValidationInfo) -> RuntimeConfig:
-        federation = info.data.get("federation")
-        count = _device_count(value.devices)
-        if federation is not None and federation.backend != "distributed" and count is not None and count > 1:
-            raise ValueError(f"runtime.devices = {value.devices!r}: the {federation.backend} backend trains on one "
-                             "device; use devices: 1, or federation.backend: distributed to spread agents over devices")
         return value
 
 

@@ -129,7 +129,7 @@ REJECTED_BEFORE_TRAINING = [
     ("federation.aggregator={name: fedavg, server_lr: .inf}", "'federation.aggregator.server_lr' = inf"),
     ("runtime.devices=0", "'runtime.devices' = 0"),
     ("runtime.devices=-1", "'runtime.devices' = -1"),
-    ("runtime.devices=2", "runtime.devices = 2: the sequential backend trains on one device"),
+    ("runtime.devices=2", "runtime.devices = 2 (x runtime.num_nodes = 1): backend 'sequential'"),
     ("runtime.precision=17-mixed", "'runtime.precision' = '17-mixed'"),
     ("federation.agents=true", "'federation.agents' = True"),
     ("checkpoint.every=true", "'checkpoint.every' = True"),

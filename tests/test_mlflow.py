@@ -19,12 +19,12 @@ def test_mlflow_holds_what_the_run_folder_holds(tmp_path, tiny_config, monkeypat
 
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # nothing may land in the current folder
-    uri = f"sqlite:///{tmp_path / 'tracking.db'}"
-    artifacts_at = (tmp_path / "artifacts").as_uri()
-    tiny_config["logging"]["loggers"] = ["csv", {"name": "mlflow", "tracking_uri": uri,
-                                                 "artifact_location": artifacts_at}]
+    uri = f"sqlite:///{tmp_path / 'tracking.db'}"  # a shared local store, named by the user's environment
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tiny_config["logging"]["loggers"] = ["csv", "mlflow"]
     tiny_config["federation"]["aggregator"] = {"name": "fedavgm", "momentum": 0.5}
     result = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path / "runs", progress=False)
+    artifacts_at = (result.run_dir / "logs" / "mlartifacts").resolve().as_uri()
 
     client = MlflowClient(uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "tiny"]

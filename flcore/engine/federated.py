@@ -493,6 +493,7 @@ def run_federated(config: ExperimentConfig, components: dict[str, Any], provenan
     """
     started = time.perf_counter()
     backend: Backend = components["backend"].build()
+    check_devices(config, backend, components["backend"].label)
     fabric = backend.launch(config.runtime)
     is_main = backend.rank == 0
     run_dir, fresh = _run_folder(config, out_dir, resume_dir, backend)
@@ -540,6 +541,19 @@ def run_federated(config: ExperimentConfig, components: dict[str, Any], provenan
     return RunResult(run_dir.path, run.history, summary, state, rank=backend.rank)
 
 
+def check_devices(config: ExperimentConfig, backend: Backend, label: str) -> None:
+    """The backend can use the devices ``runtime`` asks for (its declared ``max_devices``)."""
+    from flcore.config import device_count
+
+    runtime = config.runtime
+    count = device_count(runtime.devices)
+    wanted = None if count is None else count * runtime.num_nodes
+    if backend.max_devices is not None and wanted is not None and wanted > backend.max_devices:
+        raise ConfigError(f"runtime.devices = {runtime.devices!r} (x runtime.num_nodes = {runtime.num_nodes}): {label} "
+                          f"trains on {backend.max_devices} device(s); use devices: 1, or federation.backend: "
+                          "distributed to spread agents over devices.")
+
+
 def check_federated(config: ExperimentConfig, components: dict[str, Any]) -> None:
     """Build everything a run builds before its first round (data, model, partition, components,
     population, backend checks), in memory on one device, writing nothing: what ``flcore validate``
@@ -547,6 +561,7 @@ def check_federated(config: ExperimentConfig, components: dict[str, Any]) -> Non
     from flcore.engine.runtime import build_fabric
 
     backend: Backend = components["backend"].build()
+    check_devices(config, backend, components["backend"].label)
     one_device = config.runtime.model_copy(update={"devices": 1, "num_nodes": 1})
     fabric = build_fabric(one_device)
     FederatedRun(config, components, RunDirectory(Path("unwritten-run-folder")), backend, fabric)

@@ -7,6 +7,7 @@ The engine does not run a Trainer, so it uses Lightning's loggers and profilers 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from dataclasses import dataclass
@@ -83,8 +84,9 @@ def _place_problem(kind: _LoggerKind, key: str, value: Any) -> str | None:
 
         scheme = urlsplit(value).scheme.lower()
         if scheme in _LOCAL_SCHEMES or len(scheme) == 1:  # one letter: a Windows drive
-            return ("is a local store, which flcore keeps inside the run folder (logs/mlruns); leave it out, or give "
-                    "a remote tracking server (http://, https://, databricks, ...)")
+            return ("is a local store, which a config may not name (it would write outside the run folder): leave it "
+                    "out for flcore's store in logs/mlflow.db, give a remote tracking server (http://, https://, "
+                    "databricks, ...), or set the MLFLOW_TRACKING_URI environment variable for a shared local store")
     return None
 
 
@@ -152,9 +154,11 @@ def build_loggers(specs: list[Any], log_dir: Path, name: str) -> list[Any]:
         elif spec.name == "mlflow":
             kwargs.setdefault("experiment_name", name)
             # MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set: SQLite in the run folder,
-            # with the artifacts beside it (MLflow would put them in ./mlruns of the current folder)
+            # with the artifacts beside it (MLflow would put them in ./mlruns of the current folder). A store
+            # outside the run folder comes from the environment (the user's), never from the config.
             if "tracking_uri" not in kwargs:
-                kwargs["tracking_uri"] = f"sqlite:///{(log_dir / 'mlflow.db').resolve()}"
+                kwargs["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or \
+                    f"sqlite:///{(log_dir / 'mlflow.db').resolve()}"
                 kwargs.setdefault("artifact_location", (log_dir / "mlartifacts").resolve().as_uri())
         elif spec.name == "wandb":
             kwargs.setdefault("save_dir", str(log_dir))

@@ -31,6 +31,8 @@ from flcore.protocol import AgentResult, Instruction, RoundContext
 class DistributedBackend(SequentialBackend):
     """Splits each round's agents over processes and gathers their results in order."""
 
+    max_devices = None
+
     def launch(self, runtime: Any) -> Any:
         self.collective = build_fabric(runtime, strategy="ddp", num_nodes=runtime.num_nodes)
         self.collective.launch()
