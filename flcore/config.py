@@ -102,6 +102,14 @@ class SchedulerConfig(_Section):
         return value
 
 
+class AugmentConfig(_Section):
+    """Image augmentation of training batches (the CIFAR recipe), drawn from each agent's seeded stream."""
+
+    crop_padding: int = Field(0, ge=0, description="Zero-pad each image by this many pixels and crop it back at a "
+                              "random offset (torchvision's RandomCrop(size, padding)); 0 for none.")
+    horizontal_flip: bool = Field(False, description="Mirror each image left-right with probability 1/2.")
+
+
 class TrainingConfig(_Section):
     """How a model is trained: locally by each agent, or centrally by ``flcore train``."""
 
@@ -113,6 +121,8 @@ class TrainingConfig(_Section):
     loss: Literal["cross_entropy", "nll"] = Field("cross_entropy", description="nll expects log-probabilities.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross_entropy's label smoothing.")
     grad_clip_norm: float | None = Field(None, gt=0, description="Clip local gradients to this total norm.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+                                   description="Augmentation of training batches (never of evaluation batches).")
 
 
 class FederationConfig(_Section):

@@ -78,6 +78,9 @@ class ArrayDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch
+        augment = getattr(self, "augment", None)  # set by centralized training: (augmentation, generator)
+        if augment is not None and self.trainer is not None and self.trainer.training:
+            x = augment[0](x, augment[1])
         return self.transform(x), y
 
 

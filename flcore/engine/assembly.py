@@ -26,6 +26,11 @@ ENGINE_FIELDS = (AgentField("selected_count", 0, "int64", "How many rounds the a
 def build_data_and_model(config: ExperimentConfig, components: dict[str, Any]) -> tuple[Any, Any]:
     """The dataset, then the model for its inputs and classes (initialized from the seed)."""
     data = components["dataset"].build()
+    augment = config.training.augment
+    if (augment.crop_padding or augment.horizontal_flip) and len(data.spec.input_shape) != 3:
+        raise ConfigError(f"training.augment = {augment.model_dump()}: crops and flips apply to images (channels, "
+                          f"height, width), but dataset '{components['dataset'].component.name}' gives inputs of shape "
+                          f"{data.spec.input_shape}.")
     seeding.seed_torch(config.seed, seeding.INIT)
     with components["model"].rejecting():
         model = components["model"].build(data.spec)

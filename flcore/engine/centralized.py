@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from flcore import seeding
 from flcore.config import ExperimentConfig, config_to_dict
+from flcore.augment import augmentation
 from flcore.engine.assembly import build_data_and_model
 from flcore.engine.checkpoint import save_torch
 from flcore.engine.evaluation import evaluate
@@ -36,6 +37,9 @@ def run_centralized(config: ExperimentConfig, components: dict[str, Any], proven
     run_dir.write_config(config_to_dict(config))
     run_dir.write_json("plugins.json", provenance)
     data.batch_size = config.training.batch_size or len(data.y_train)
+    augment = augmentation(config.training.augment)
+    if augment is not None:  # training batches only, from a stream of the seed
+        data.augment = (augment, seeding.torch_generator(config.seed, seeding.TRAINING, 0, seeding.SERVER, 2))
 
     history: list[dict] = []
 

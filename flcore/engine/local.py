@@ -15,6 +15,7 @@ import torch
 
 from flcore import seeding
 from flcore.agent_plugin import AgentPlugin
+from flcore.augment import augmentation
 from flcore.backend import TrainingSetup
 from flcore.engine.weights import ModelWeights, flatten
 from flcore.protocol import (
@@ -56,6 +57,7 @@ class LocalTrainer:
         self.device = setup.fabric.device
         self.weights = ModelWeights(setup.model)
         self.params = self.weights.params
+        self.augment = augmentation(setup.training.augment)
         plugins = list(setup.agent_plugins)
         self.starting = plugins_overriding(plugins, "on_agent_start")
         self.batching = plugins_overriding(plugins, "transform_batch")
@@ -94,6 +96,7 @@ class LocalTrainer:
         self.weights.load(context.global_vector, context.global_buffers)
         seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, stream)
         order_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, stream, 1)
+        augment_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, stream, 2)
         lr = context.lr * instruction.lr_scale
         optimizer = build_optimizer(training.optimizer, self.params)
         for group in optimizer.param_groups:
@@ -116,7 +119,10 @@ class LocalTrainer:
             seen = 0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                xb = setup.transform(setup.x[idx].to(self.device, non_blocking=True))
+                xb = setup.x[idx].to(self.device, non_blocking=True)
+                if self.augment is not None:
+                    xb = self.augment(xb, augment_gen)
+                xb = setup.transform(xb)
                 yb = setup.y[idx].to(self.device, non_blocking=True)
                 for plugin in self.batching:
                     xb, yb = plugin.transform_batch(agent, xb, yb)

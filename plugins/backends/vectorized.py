@@ -49,6 +49,8 @@ class VectorizedBackend(Backend):
             raise Unsupported(f"optimizer '{training.optimizer.name}' (vectorized: {', '.join(_OPTIMIZERS)})")
         if training.grad_clip_norm is not None:
             raise Unsupported("training.grad_clip_norm")
+        if training.augment.crop_padding or training.augment.horizontal_flip:
+            raise Unsupported("training.augment")
         for plugin in setup.agent_plugins:
             if not plugin.vectorizable:
                 raise Unsupported(f"agent-side plugin '{plugin.component_name}' does not declare vectorizable")
