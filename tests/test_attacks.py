@@ -355,7 +355,7 @@ def test_an_attacked_robust_run_killed_with_sigkill_resumes_bit_identically(tmp_
     def next_round(checkpoint):
         return int(load_sealed(checkpoint)["state"]["next_round"])
 
-    tiny_config["federation"].update(rounds=40, agent_plugins=[{"name": "gaussian_noise", "std": 0.5}],
+    tiny_config["federation"].update(rounds=20, agent_plugins=[{"name": "gaussian_noise", "std": 0.5}],
                                      aggregator={"name": "centered_clipping", "tau": 0.5})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_config))
