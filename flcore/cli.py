@@ -370,6 +370,31 @@ def sweep(config: Path | None, overrides: tuple[str, ...], grid: tuple[str, ...]
     run_sweep(base, spec, out_dir or Path("sweeps") / str(base.get("name", "sweep")), jobs, strict, click.echo)
 
 
+@main.command()
+@click.argument("grid", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@set_option
+@click.option("--out", "out_dir", default="robustness", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder for the table, figure and runs.")
+@click.option("--attack", "attacks", multiple=True, help="Only this attack label of the grid (repeatable).")
+@click.option("--defense", "defenses", multiple=True, help="Only this defense label of the grid (repeatable).")
+@click.option("--share", "shares", multiple=True, type=float, help="Malicious shares instead of the grid's (repeatable).")
+@click.option("--seed", "seeds", multiple=True, type=int, help="Seeds instead of the grid's (repeatable).")
+@click.option("--plot/--no-plot", default=True, help="Also draw table.png (needs matplotlib).")
+@handle_errors
+def robustness(grid: Path | None, overrides: tuple[str, ...], out_dir: Path, attacks: tuple[str, ...],
+               defenses: tuple[str, ...], shares: tuple[float, ...], seeds: tuple[int, ...], plot: bool) -> None:
+    """Attacks by defenses from one GRID file (the embedded digits grid without it), same seeds and
+    data in every cell: a markdown and CSV table of final accuracy and attack success, and a figure.
+    --set changes the grid's experiment. Run it again to resume: finished cells are read back."""
+    from flcore.config import apply_overrides
+    from flcore.robustness import load_grid, run_grid, select
+
+    spec, base = load_grid(grid)
+    paths = run_grid(select(spec, attacks, defenses, shares, seeds), apply_overrides(base, overrides), out_dir, plot)
+    click.echo("table: " + ", ".join(str(p) for p in paths.values()))
+
+
+
 
 def _resumable_config(resume_dir: Path, config: Path | None, overrides: tuple[str, ...]) -> Any:
     """The run's saved config with the few overrides a resume accepts (the engine writes it back to

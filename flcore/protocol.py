@@ -126,6 +126,10 @@ class Aggregate:
 
     vector: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    #: which accepted updates the strategy used, and with what share of the aggregate, by agent id
+    #: (Krum: its one chosen update at 1.0), where it can tell; ``None`` where it cannot (a
+    #: coordinate-wise median). Components read it in ``on_round_end`` as ``context.kept``.
+    kept: dict[int, float] | None = None
 
 
 def component_name(component: Any) -> str:
@@ -158,6 +162,7 @@ class RoundContext:
     failures: list[AgentResult] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     trainer: Any = field(default=None, repr=False)
+    kept: dict[int, float] | None = None  # the strategy's Aggregate.kept, after the aggregate phase
 
     def train(self, indices: np.ndarray, instruction: Instruction | None = None) -> AgentResult:
         """Train the round's global model on the training samples ``indices`` on the server
@@ -304,6 +309,17 @@ class RoundComponent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def check_run(self, plan: RunPlan) -> None:
+        """Called once before round 1 with the run's facts: raise ``ValueError`` naming your
+        parameter, its value and what was expected when this component cannot work in this run
+        (Krum's ``byzantine`` too large for the cohort, a backdoor's target outside the classes).
+        The run then exits with code 2, naming the component's config section."""
+
+    def run_record(self) -> dict[str, Any]:
+        """What a person should find in the run folder about this component once the run is built
+        (an attack's malicious agents): JSON values, written to ``records.json`` (empty: nothing)."""
+        return {}
+
 
 PHASES = ("setup", "availability", "configure_round", "on_results", "on_round_end", "on_evaluate")
 
@@ -319,3 +335,18 @@ def split_like(vector: torch.Tensor, tensors: Sequence[torch.Tensor]) -> list[to
     import torch
 
     return [chunk.view_as(t) for chunk, t in zip(torch.split(vector, [t.numel() for t in tensors]), tensors)]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The facts of a run that components check before round 1 (:meth:`RoundComponent.check_run`).
+
+    ``cohort`` is the most agents the sampler selects in a round, where it can tell
+    (:meth:`flcore.sampling.Sampler.cohort_size`), else ``None``; ``data`` is the run's dataset (an
+    :class:`~flcore.data.ArrayDataModule`: ``num_classes``, ``spec``, ``x_train``, ...).
+    """
+
+    agents: int
+    rounds: int
+    cohort: int | None
+    data: Any

@@ -23,6 +23,11 @@ class Sampler(RoundComponent):
         """Return the ids of the agents that train this round (distinct, any order, all available)."""
         raise NotImplementedError
 
+    def cohort_size(self, agents: int) -> int | None:
+        """The most agents :meth:`sample` selects in a round out of ``agents``, where it can tell
+        (``None`` where it cannot); components check it before round 1 (Krum's ``n > 2f + 2``)."""
+        return None
+
 
 def candidates(population: AgentPopulation, available: np.ndarray | None) -> np.ndarray:
     """The ids a sampler may choose from: ``available``, or every agent."""

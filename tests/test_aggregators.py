@@ -109,18 +109,20 @@ def test_krum_picks_the_update_with_the_lowest_score_and_resists_an_outlier():
     d = RNG.normal(size=(N_AGENTS, DIM))
     d[3] += 100.0  # a Byzantine update
     updates = [AgentResult(i, torch.tensor(x), 10) for i, x in enumerate(d)]
-    out = build("krum", byzantine=1).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0)).numpy()
+    out = build("krum", byzantine=1).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0))
     best = int(np.argmin(_krum_scores(d, 1)))
     assert best != 3
-    np.testing.assert_allclose(out, d[best], rtol=1e-12)
+    np.testing.assert_allclose(out.vector.numpy(), d[best], rtol=1e-12)
+    assert out.kept == {best: 1.0}  # which update it chose, for an attack's malicious_kept
 
 
 def test_multikrum_averages_the_m_best():
     d = RNG.normal(size=(N_AGENTS, DIM))
     updates = [AgentResult(i, torch.tensor(x), 10) for i, x in enumerate(d)]
-    out = build("multikrum", byzantine=2, m=3).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0)).numpy()
+    out = build("multikrum", byzantine=2, m=3).aggregate(torch.zeros(DIM, dtype=torch.float64), updates, round_context(0))
     chosen = np.argsort(_krum_scores(d, 2))[:3]
-    np.testing.assert_allclose(out, d[chosen].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(out.vector.numpy(), d[chosen].mean(0), rtol=1e-12)
+    assert out.kept == {int(i): 1 / 3 for i in chosen}
 
 
 def test_krum_with_too_few_updates_says_why():
@@ -167,3 +169,21 @@ def test_streaming_aggregation_equals_aggregating_the_list(name, params):
         light = [AgentResult(u.agent_id, None, u.num_samples) for u in updates]
         b = streamed.aggregate(b, light, round_context(r))
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("aggregator", ["krum", "multikrum"])
+def test_krum_refuses_before_round_1_a_byzantine_count_the_cohort_cannot_meet(tmp_path, tiny_config, aggregator):
+    """n > 2f + 2 (Blanchard et al. 2017) against the sampler's cohort: exit 2, no run folder."""
+    from flcore.config import validate_config
+    from flcore.errors import ConfigError
+    from flcore.experiment import Experiment
+
+    tiny_config["federation"].update(aggregator={"name": aggregator, "byzantine": 1},
+                                     sampler={"name": "uniform", "count": 4})
+    with pytest.raises(ConfigError, match=rf"federation.aggregator '{aggregator}' cannot be used here: 'byzantine' = 1 "
+                                          r"is too large for the at most 4 agents .* so 'byzantine' <= 0"):
+        Experiment(validate_config(tiny_config)).run(out_dir=tmp_path / "runs")
+    assert not list((tmp_path / "runs").glob("*"))
+    tiny_config["federation"]["sampler"] = {"name": "uniform", "count": 5}  # 5 > 2 * 1 + 2
+    tiny_config["federation"]["rounds"] = 1
+    assert Experiment(validate_config(tiny_config)).run(out_dir=tmp_path / "ok").history

@@ -43,6 +43,8 @@ def _write_femnist(root: Path) -> None:
 def _overrides(package: str, tmp_path: Path) -> list[str]:
     if package == "flcore-scaffold":
         return ["federation.aggregator=scaffold"]
+    if package == "flcore-dnc":
+        return ["federation.aggregator={name: dnc, byzantine: 1}", "federation.agent_plugins=[{name: min_max, count: 2}]"]
     if package == "flcore-powerofchoice":
         return ["federation.sampler={name: power_of_choice, candidates: 10, count: 4}"]
     if package == "flcore-fednova":

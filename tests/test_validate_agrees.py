@@ -168,11 +168,11 @@ BUILT_BY_VALIDATE = {
     "the partitioner cannot give every agent a sample": {"federation": {"agents": 2000}},
     "the partitioner needs more classes than the data has": {
         "federation": {"partitioner": {"name": "k_classes", "k": 11}}},
+    "krum needs more sampled updates than byzantine + 2": {
+        "federation": {"aggregator": {"name": "krum", "byzantine": 5}}},
 }
 
 ENGINE_ONLY = {
-    "krum needs more sampled updates than byzantine + 2": {
-        "federation": {"aggregator": {"name": "krum", "byzantine": 5}}},
     "the vectorized trainer ignores a half precision": {
         "federation": {"backend": "vectorized"}, "runtime": {"precision": "16-true"}},
     "the vectorized trainer ignores a double precision": {

@@ -16,7 +16,7 @@ from flcore.agents import AgentField, AgentPopulation
 from flcore.backend import Backend, TrainingSetup, Unsupported
 from flcore.config import ExperimentConfig
 from flcore.errors import ConfigError, RunFailure
-from flcore.protocol import SETUP_STREAM, RoundComponent, component_rng
+from flcore.protocol import SETUP_STREAM, RoundComponent, RunPlan, component_rng
 from flcore.resolve import Resolved
 
 #: per-agent fields the engine itself keeps (sampling.csv, agents_seen)
@@ -113,3 +113,14 @@ def training_tensors(data: Any, device: Any) -> tuple[Any, Any]:
         x, y = x.to(device), y.to(device)
     return x, y
 
+
+def check_run(config: ExperimentConfig, components: dict[str, Any], built: dict[str, Any], data: Any) -> None:
+    """Each round component's :meth:`~flcore.protocol.RoundComponent.check_run` against the run's
+    facts, before any round: a ``ValueError`` becomes bad input naming its config section."""
+    federation = config.federation
+    plan = RunPlan(federation.agents, federation.rounds, built["sampler"].cohort_size(federation.agents), data)
+    for kind in ("sampler", "aggregator", "server_plugin", "agent_plugin", "agent_metadata"):
+        entries, items = components[kind], built[kind]
+        for resolved, item in zip(entries, items) if isinstance(items, list) else [(entries, items)]:
+            with resolved.rejecting():
+                item.check_run(plan)

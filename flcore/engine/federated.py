@@ -24,15 +24,8 @@ import torch
 from flcore import seeding
 from flcore.backend import Backend, TrainingSetup
 from flcore.config import RESUMABLE_FIELDS, ExperimentConfig, config_to_dict
-from flcore.engine.assembly import (
-    build_components,
-    build_data_and_model,
-    build_partition,
-    build_population,
-    check_server_plugins,
-    prepare_backend,
-    training_tensors,
-)
+from flcore.engine.assembly import (build_components, build_data_and_model, build_partition, build_population,
+                                    check_run, check_server_plugins, prepare_backend, training_tensors)
 from flcore.engine.buffers import average_buffers
 from flcore.engine.checkpoint import CorruptFile, DiskFull, save_torch
 from flcore.engine.evaluation import evaluate
@@ -90,6 +83,7 @@ class FederatedRun:
         self.agent_plugins, self.server_plugins, self.metadata = \
             built["agent_plugin"], built["server_plugin"], built["agent_metadata"]
         check_server_plugins(self.strategy, self.server_plugins, self.labels)
+        check_run(self.config, components, built, self.data)
         self.training = self.strategy.configure_training(self.config.training)
         self.components = [self.sampler, self.strategy, *self.server_plugins, *self.agent_plugins, *self.metadata]
         self.phase = {name: [c for c in self.components if overrides(c, name)] for name in PHASES}
@@ -252,6 +246,7 @@ class FederatedRun:
         for plugin in self.post_aggregating:
             plugin.process_aggregate(context, self.global_vector, aggregate)
             self._check_vector(aggregate.vector, plugin, context)
+        context.kept = aggregate.kept
         for key, value in aggregate.metrics.items():
             context.log(self.strategy, key, value)
         self.global_vector = aggregate.vector.detach()
@@ -482,6 +477,10 @@ class FederatedRun:
         log_run_artifacts(self.recorder.loggers, self.run_dir.path)
         return summary
 
+    def records(self) -> dict[str, Any]:
+        """What the run's components record about themselves (records.json), by checkpoint key."""
+        return {key: record for key, c in self._stateful().items() if (record := c.run_record())}
+
 
 def run_federated(config: ExperimentConfig, components: dict[str, Any], provenance: dict[str, Any],
                   out_dir: str | Path, resume_dir: str | Path | None, progress: bool | str | None,
@@ -519,6 +518,8 @@ def run_federated(config: ExperimentConfig, components: dict[str, Any], provenan
         if fresh and is_main:
             record = partition_record(run.partition, run.data.train_labels, run.data.num_classes)
             run_dir.write_json("partition.json", record)
+            if records := run.records():
+                run_dir.write_json("records.json", records)
             run.recorder.hyperparams(config_to_dict(config) | {"partition": record["statistics"]})
         run.setup_seconds = time.perf_counter() - started
         with terminate_as_interrupt():

@@ -6,6 +6,7 @@ Layout (documented in docs/outputs.md)::
         config.yaml      the resolved config; `flcore run --resume` reads it back
         plugins.json     installed plugin distributions and versions, and the components used
         partition.json   samples and classes per agent
+        records.json     what components record about themselves (an attack's malicious agents)
         metrics.csv      one row per round (or epoch), rewritten atomically
         sampling.csv     how often each agent was selected
         checkpoint.pt    the latest checkpoint (sealed: checked before a resume), replaced atomically
@@ -67,7 +68,7 @@ class RunDirectory:
         checkpoint, started again): metrics, logs, journal, temporary files."""
         import shutil
 
-        for name in ("metrics.csv", "partition.json", "sampling.csv", "summary.json", "model.pt"):
+        for name in ("metrics.csv", "partition.json", "records.json", "sampling.csv", "summary.json", "model.pt"):
             (self.path / name).unlink(missing_ok=True)
         for folder in ("logs", "agents"):
             if (self.path / folder).is_dir() and not (self.path / folder).is_symlink():

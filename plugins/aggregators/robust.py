@@ -13,7 +13,7 @@ from pydantic import Field
 
 from flcore.aggregation import Aggregator, stack_deltas
 from flcore.params import ComponentParams
-from flcore.protocol import AgentResult, RoundContext
+from flcore.protocol import Aggregate, AgentResult, RoundContext, RunPlan
 
 
 class FedMedian(Aggregator):
@@ -45,6 +45,15 @@ class KrumParams(ComponentParams):
     byzantine: int = Field(0, ge=0, description="f: how many agents may be Byzantine.")
 
 
+def check_krum_cohort(byzantine: int, plan: RunPlan) -> None:
+    """Krum's guarantee needs ``n > 2f + 2`` updates a round (Blanchard et al. 2017): refuse, before
+    round 1, a ``byzantine`` the sampler's cohort cannot meet."""
+    if plan.cohort is not None and plan.cohort <= 2 * byzantine + 2:
+        raise ValueError(f"'byzantine' = {byzantine} is too large for the at most {plan.cohort} agents the sampler "
+                         f"selects a round: Krum needs n > 2f + 2, so 'byzantine' <= {max((plan.cohort - 3) // 2, 0)} "
+                         "or a larger cohort")
+
+
 def krum_scores(deltas: torch.Tensor, byzantine: int) -> torch.Tensor:
     """Each update's sum of squared distances to its ``n - f - 2`` nearest other updates."""
     n = deltas.shape[0]
@@ -63,9 +72,13 @@ class Krum(Aggregator):
 
     Params = KrumParams
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> Aggregate:
         deltas = stack_deltas(updates)
-        return global_vector + deltas[int(krum_scores(deltas, self.params.byzantine).argmin())]
+        best = int(krum_scores(deltas, self.params.byzantine).argmin())
+        return Aggregate(global_vector + deltas[best], kept={updates[best].agent_id: 1.0})
+
+    def check_run(self, plan: RunPlan) -> None:
+        check_krum_cohort(self.params.byzantine, plan)
 
 
 class MultiKrumParams(KrumParams):
@@ -77,9 +90,13 @@ class MultiKrum(Aggregator):
 
     Params = MultiKrumParams
 
-    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> torch.Tensor:
+    def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext) -> Aggregate:
         deltas = stack_deltas(updates)
         scores = krum_scores(deltas, self.params.byzantine)
         m = min(self.params.m or deltas.shape[0] - self.params.byzantine, deltas.shape[0])
         chosen = scores.argsort()[:m]
-        return global_vector + deltas[chosen].mean(dim=0)
+        return Aggregate(global_vector + deltas[chosen].mean(dim=0),
+                         kept={updates[i].agent_id: 1.0 / m for i in chosen.tolist()})
+
+    def check_run(self, plan: RunPlan) -> None:
+        check_krum_cohort(self.params.byzantine, plan)

@@ -33,6 +33,9 @@ class UniformSampler(Sampler):
             return np.sort(rng.choice(total, size=self.params.how_many(total), replace=False))
         return np.sort(rng.choice(available, size=min(self.params.how_many(total), len(available)), replace=False))
 
+    def cohort_size(self, agents: int) -> int | None:
+        return self.params.how_many(agents)
+
 
 class AllSampler(Sampler):
     """Every agent."""
@@ -40,6 +43,9 @@ class AllSampler(Sampler):
     def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
                available: np.ndarray | None = None) -> np.ndarray:
         return candidates(population, available)
+
+    def cohort_size(self, agents: int) -> int | None:
+        return agents
 
 
 class WeightedSampler(Sampler):
@@ -53,6 +59,9 @@ class WeightedSampler(Sampler):
         sizes = population.num_samples[ids].astype(np.float64)
         k = min(self.params.how_many(len(population)), int((sizes > 0).sum()))
         return np.sort(rng.choice(ids, size=k, replace=False, p=sizes / sizes.sum()))
+
+    def cohort_size(self, agents: int) -> int | None:
+        return self.params.how_many(agents)
 
 
 class RoundRobinSampler(Sampler):
@@ -78,3 +87,6 @@ class RoundRobinSampler(Sampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position = int(state["position"])
+
+    def cohort_size(self, agents: int) -> int | None:
+        return self.params.how_many(agents)
