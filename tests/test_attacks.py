@@ -19,8 +19,15 @@ from flcore.config import validate_config
 from flcore.engine.state_store import read_checkpoint
 from flcore.experiment import Experiment
 from flcore.partition import Partition
-from flcore.protocol import (SETUP_STREAM, AgentContext, AgentResult, AgentState, Instruction,
-                             RoundContext, component_rng)
+from flcore.protocol import (
+    SETUP_STREAM,
+    AgentContext,
+    AgentResult,
+    AgentState,
+    Instruction,
+    RoundContext,
+    component_rng,
+)
 from flcore.testing import build, check_agent_plugin
 
 ATTACKS = {
@@ -209,9 +216,8 @@ def _round_results(population, deltas):
 
 @pytest.mark.parametrize("n,f", [(10, 2), (20, 4), (50, 24), (7, 3), (3, 1)])
 def test_alie_z_is_the_papers_z_max(n, f):
-    from scipy.stats import norm
-
     from flcore_plugins.attacks.colluding import alie_z
+    from scipy.stats import norm
 
     s = max(int(np.floor(n / 2 + 1)) - f, 1)
     assert alie_z(n, f) == pytest.approx(norm.ppf((n - s) / n), rel=1e-12)
@@ -339,10 +345,9 @@ def test_an_attacked_robust_run_killed_with_sigkill_resumes_bit_identically(tmp_
     (server state) all come back from the checkpoint."""
     import os
     import signal
-    import time
-
     import subprocess
     import sys
+    import time
 
     import yaml
 

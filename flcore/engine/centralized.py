@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from flcore import seeding
-from flcore.config import ExperimentConfig, config_to_dict
 from flcore.augment import augmentation
+from flcore.config import ExperimentConfig, config_to_dict
 from flcore.engine.assembly import build_data_and_model
 from flcore.engine.checkpoint import save_torch
 from flcore.engine.evaluation import evaluate

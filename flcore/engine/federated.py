@@ -24,8 +24,16 @@ import torch
 from flcore import seeding
 from flcore.backend import Backend, TrainingSetup
 from flcore.config import RESUMABLE_FIELDS, ExperimentConfig, config_to_dict
-from flcore.engine.assembly import (build_components, build_data_and_model, build_partition, build_population,
-                                    check_run, check_server_plugins, prepare_backend, training_tensors)
+from flcore.engine.assembly import (
+    build_components,
+    build_data_and_model,
+    build_partition,
+    build_population,
+    check_run,
+    check_server_plugins,
+    prepare_backend,
+    training_tensors,
+)
 from flcore.engine.buffers import average_buffers
 from flcore.engine.checkpoint import CorruptFile, DiskFull, save_torch
 from flcore.engine.evaluation import evaluate

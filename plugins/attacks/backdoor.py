@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from flcore_plugins.attacks.updates import send_factor
 from pydantic import Field
 
 from flcore.attack import Attack, AttackParams
 from flcore.protocol import AgentContext, AgentResult, Instruction, RoundContext, RunPlan, component_name
-from flcore_plugins.attacks.updates import send_factor
 
 
 class BackdoorParams(AttackParams):

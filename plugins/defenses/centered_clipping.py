@@ -16,7 +16,7 @@ from pydantic import Field
 
 from flcore.aggregation import Aggregator, stack_deltas
 from flcore.params import ComponentParams
-from flcore.protocol import Aggregate, AgentResult, RoundContext
+from flcore.protocol import AgentResult, Aggregate, RoundContext
 
 
 class CenteredClippingParams(ComponentParams):

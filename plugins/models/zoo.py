@@ -19,7 +19,6 @@ downloading when allowed) or from a local checkpoint, always loaded with ``weigh
 from __future__ import annotations
 
 import pickle
-
 from pathlib import Path
 from typing import Any, Callable, Literal
 

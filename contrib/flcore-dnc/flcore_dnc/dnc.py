@@ -17,7 +17,7 @@ from pydantic import Field
 
 from flcore.aggregation import Aggregator, stack_deltas
 from flcore.params import ComponentParams
-from flcore.protocol import Aggregate, AgentResult, RoundContext, RunPlan
+from flcore.protocol import AgentResult, Aggregate, RoundContext, RunPlan
 
 
 class DnCParams(ComponentParams):

@@ -13,7 +13,7 @@ from flcore.errors import ConfigError
 from flcore.experiment import Experiment
 from flcore.partition import Partition
 from flcore.protocol import SETUP_STREAM, AgentResult, RoundContext, component_rng
-from flcore.testing import build, check_aggregator, check_agent_plugin, round_context, tiny_config
+from flcore.testing import build, check_agent_plugin, check_aggregator, round_context, tiny_config
 
 
 def test_the_defense_and_the_attack_honour_flcore_interfaces(tmp_path):
