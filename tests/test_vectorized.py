@@ -218,6 +218,16 @@ def test_vectorized_dropout_mlp_equals_sequential(tmp_path, ragged):
                for k, v in sequential.state_dict.items())
 
 
+def test_vectorized_in_float64_equals_sequential_dropout_included(tmp_path, ragged):
+    """64-true: the inputs follow the Fabric's precision and the masks are drawn in float64, as
+    torch's dropout draws them for a float64 activation."""
+    ragged["model"] = {"name": "mlp", "hidden": [16], "dropout": 0.2}
+    ragged["runtime"] = {"precision": "64-true"}
+    sequential, vectorized = run(tmp_path, ragged, "sequential", "s"), run(tmp_path, ragged, STRICT, "v")
+    assert all(v.dtype == torch.float64 for v in vectorized.state_dict.values())
+    assert_same_model(sequential, vectorized, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "adam", "lr": 0.01}])
 def test_vectorized_batch_norm_cnn_equals_sequential_buffers_included(tmp_path, ragged, optimizer):
     """Running statistics (momentum 0.1 and cumulative), their counters and the weights agree;
