@@ -68,11 +68,17 @@ def counting_mlp(params: NoParams, spec) -> ClassifierModule:
     return ClassifierModule(nn.Sequential(nn.Flatten(), _Counter(), nn.Linear(64, spec.num_classes)))
 
 
+def shared_bn_mlp(params: NoParams, spec) -> ClassifierModule:
+    norm = nn.BatchNorm1d(16)
+    return ClassifierModule(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), norm, nn.Linear(16, 16), norm,
+                                          nn.Linear(16, spec.num_classes)))
+
+
 class Models:
     @staticmethod
     @hookimpl
     def register_models(register):
-        for model in (bn_cnn, bn_mlp, alpha_dropout_mlp, noisy_mlp, counting_mlp):
+        for model in (bn_cnn, bn_mlp, alpha_dropout_mlp, noisy_mlp, counting_mlp, shared_bn_mlp):
             register(model.__name__, model, "Test model.")
 
 
@@ -218,13 +224,15 @@ def test_vectorized_dropout_mlp_equals_sequential(tmp_path, ragged):
                for k, v in sequential.state_dict.items())
 
 
-def test_vectorized_in_float64_equals_sequential_dropout_included(tmp_path, ragged):
-    """64-true: the inputs follow the Fabric's precision and the masks are drawn in float64, as
-    torch's dropout draws them for a float64 activation."""
-    ragged["model"] = {"name": "mlp", "hidden": [16], "dropout": 0.2}
+@pytest.mark.parametrize("model", [{"name": "mlp", "hidden": [16], "dropout": 0.2}, "bn_cnn"],
+                         ids=["dropout_mlp", "bn_cnn"])
+def test_vectorized_in_float64_equals_sequential(tmp_path, ragged, model):
+    """64-true: the inputs follow the Fabric's precision, the masks are drawn in float64 as torch's
+    dropout draws them for a float64 activation, BatchNorm keeps float64 statistics."""
+    ragged["model"] = model
     ragged["runtime"] = {"precision": "64-true"}
     sequential, vectorized = run(tmp_path, ragged, "sequential", "s"), run(tmp_path, ragged, STRICT, "v")
-    assert all(v.dtype == torch.float64 for v in vectorized.state_dict.values())
+    assert all(v.dtype == torch.float64 for v in vectorized.state_dict.values() if v.is_floating_point())
     assert_same_model(sequential, vectorized, rtol=1e-10, atol=1e-12)
 
 
@@ -332,6 +340,7 @@ def test_chunk_capacity_divides_the_budget_by_one_agent():
     ("alpha_dropout_mlp", "the model's AlphaDropout layer 'net.2'"),
     ("noisy_mlp", r"the model cannot run under torch.func.vmap \(vmap: called random operation"),
     ("counting_mlp", "the model's forward pass changes its buffer 'net.1.calls'"),
+    ("shared_bn_mlp", "the model uses its BatchNorm1d layer 'net.4' in more than one place"),
 ])
 def test_what_cannot_be_vectorized_falls_back_with_its_name_or_exits_2_when_strict(tmp_path, tiny_config, model,
                                                                                   blocker):

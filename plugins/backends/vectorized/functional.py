@@ -98,14 +98,15 @@ class _MaskedBatchNorm(nn.Module):
             self.register_buffer(buffer, getattr(source, buffer, None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype, x = x.dtype, x.float()
+        dtype = x.dtype
+        x = x.to(torch.promote_types(dtype, torch.float32))  # statistics in fp32 at least
         w = self.tape.weight
         dims = [0, *range(2, x.dim())]
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
         per_sample = x[0, 0].numel()
         count = w.sum() * per_sample
         n = count.clamp_min(1)
-        weight = w.view(-1, *[1] * (x.dim() - 1)).float()
+        weight = w.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)
         mean = (x * weight).sum(dims) / n
         centered = x - mean.view(shape)
         var = (centered.square() * weight).sum(dims) / n
@@ -144,7 +145,6 @@ class FunctionalModel:
         self.precision = precision
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-        self.buffer_names = [n for n, _ in model.named_buffers()]
         self.calls = _probe(model, sample, precision)
         self.compute_dtype = _compute_dtype(precision)
         self.keep_fp32: set[str] = set()
@@ -158,6 +158,9 @@ class FunctionalModel:
             elif type(layer) in DROPOUTS:
                 replacement = nn.Identity() if layer.p == 0 else _SeededDropout(name, self.tape)
                 _replace(self.module, name, replacement)
+        for name, layer in self.module.named_modules(remove_duplicate=False):
+            if type(layer) in BATCH_NORMS or type(layer) in DROPOUTS:
+                raise Unsupported(f"the model uses its {type(layer).__name__} layer '{name}' in more than one place")
 
     def forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], noise: list[torch.Tensor],
                 weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
