@@ -96,3 +96,14 @@ def test_centralized_training_augments_its_training_batches_the_same_way(tmp_pat
     for key, value in first.state_dict.items():
         assert torch.equal(value, second.state_dict[key]), key
     assert any(not torch.equal(v, plain.state_dict[k]) for k, v in first.state_dict.items())
+
+
+def test_vectorized_augments_each_agent_as_sequential_does(tmp_path, tiny_config):
+    """The same per-agent draws on the real samples of each batch: the models agree to rounding."""
+    tiny_config["federation"].update(partitioner={"name": "quantity_skew", "sigma": 0.5})
+    tiny_config["training"]["batch_size"] = 16
+    sequential = _run(tmp_path, tiny_config, "s", crop_padding=2, horizontal_flip=True)
+    tiny_config["federation"]["backend"] = {"name": "vectorized", "strict": True}
+    vectorized = _run(tmp_path, tiny_config, "v", crop_padding=2, horizontal_flip=True)
+    for key, value in sequential.state_dict.items():
+        torch.testing.assert_close(vectorized.state_dict[key], value, rtol=1e-4, atol=1e-5)
