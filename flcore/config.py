@@ -260,6 +260,12 @@ class LoggingConfig(_Section):
         "auto: a bar on a terminal, lines elsewhere; on means bar; off: silent.")
     agent_metrics: bool = Field(True, description="Log each agent's local metrics every round.")
 
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``off``/``on`` as a boolean: take it as meant."""
+        return ("on" if value else "off") if isinstance(value, bool) else value
+
     @field_validator("loggers")
     @classmethod
     def _known_loggers_and_arguments(cls, value: list[LoggerSpec]) -> list[LoggerSpec]:

@@ -162,3 +162,11 @@ def test_a_binary_or_non_utf8_config_is_bad_input(tmp_path, content):
         result = _cli(command, str(config), *(["--out", str(tmp_path / "runs")] if command == "run" else []))
         assert result.exit_code == 2, result.output
         assert "is not UTF-8 text" in result.output and str(config) in result.output
+
+
+def test_yaml_on_and_off_for_progress_mean_what_they_say(tiny_config):
+    """YAML 1.1 reads a bare `off` as false: `progress: off` must still mean off."""
+    assert validate_config(yaml.safe_load(yaml.safe_dump(tiny_config) + "")).logging.progress == "off"
+    text = yaml.safe_dump({k: v for k, v in tiny_config.items() if k != "logging"}) + "logging: {progress: off}\n"
+    assert yaml.safe_load(text)["logging"]["progress"] is False
+    assert validate_config(yaml.safe_load(text)).logging.progress == "off"
