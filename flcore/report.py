@@ -69,6 +69,30 @@ def plot_global(runs: Sequence[tuple[str, list[dict[str, str]]]], path: Path) ->
     return _save(fig, path)
 
 
+def plot_virtual_time(runs: Sequence[tuple[str, list[dict[str, str]]]], path: Path) -> Path | None:
+    """Test accuracy against virtual time (the device profile's clock) beside accuracy against
+    rounds, one line per run; ``None`` when no run's clock moved (no device profile)."""
+    timed = [(label, rows) for label, rows in runs if np.nanmax(_floats(rows, "virtual_seconds"), initial=0.0) > 0]
+    if not timed:
+        return None
+    plt = _pyplot()
+    hours = max(np.nanmax(_floats(rows, "virtual_seconds")) for _, rows in timed) >= 3 * 3600
+    unit, scale = ("hours", 3600.0) if hours else ("seconds", 1.0)
+    fig, (time_ax, round_ax) = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for label, rows in timed:
+        clock, rounds, acc = _floats(rows, "virtual_seconds") / scale, _floats(rows, "round"), _floats(rows, "test_acc")
+        seen = ~np.isnan(acc)
+        time_ax.plot(clock[seen], acc[seen], marker=".", label=label)
+        round_ax.plot(rounds[seen], acc[seen], marker=".", label=label)
+    time_ax.set(xlabel=f"virtual time ({unit})", ylabel="test accuracy", title="accuracy against virtual time")
+    round_ax.set(xlabel="round", title="accuracy against rounds")
+    for ax in (time_ax, round_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_agents(records: list[dict[str, str]], path: Path, agents: int = 3) -> Path | None:
     """Local loss and accuracy of the most-selected agents, over their rounds and epochs (Figure 9)."""
     if not records:
@@ -152,6 +176,9 @@ def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) ->
     out = Path(out_dir) if out_dir is not None else (runs[0] / "report" if len(runs) == 1 else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, Path]] = [("Global model per round (Figure 8)", plot_global(histories, out / "global.png"))]
+    timed = plot_virtual_time(histories, out / "virtual_time.png")
+    if timed:
+        figures.append(("Accuracy against virtual time and rounds", timed))
     sections: list[str] = []
     if len(runs) == 1:
         run = runs[0]
