@@ -43,7 +43,7 @@ class Table:
         if self.path.suffix.lower() == ".parquet":
             return row + 1
         if self._lines is None:
-            self._lines = [number for number, text in _data_lines(self.path)]
+            self._lines = [number for number, text in _data_lines(self.path)][1:]  # after the header
         return self._lines[row]
 
     def fail(self, row: int, column: str, problem: str) -> ConfigError:

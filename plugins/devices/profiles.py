@@ -58,8 +58,12 @@ class SpeedProfile(DeviceProfile):
         left = seconds - np.asarray(download_bytes, dtype=np.float64) / down - np.asarray(upload_bytes, np.float64) / up
         samples = np.floor(np.clip(left * compute, 0, float(2**52))).astype(np.int64)
         samples = np.minimum(samples, most)
+        # float rounding at the boundary: one sample more may still fit, or the last one may not
+        more = np.minimum(samples + 1, most)
+        samples = np.where(self.seconds(population, agents, Work(more, download_bytes, upload_bytes)) <= seconds,
+                           more, samples)
         over = self.seconds(population, agents, Work(samples, download_bytes, upload_bytes)) > seconds
-        samples = np.where(over, np.maximum(samples - 1, 0), samples)  # float rounding at the boundary
+        samples = np.where(over, np.maximum(samples - 1, 0), samples)
         return np.where(left < 0, 0, samples)
 
 

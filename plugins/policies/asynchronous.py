@@ -109,6 +109,7 @@ class AsyncPolicy(RoundPolicy):
             results.extend(self._release(context, self.buffer))
             self.buffer = []
             self.step += 1
+            self.forget_starts()
             clock += self.params.server_seconds
         elif not started and not arrived:
             clock += self.params.idle_seconds
@@ -148,7 +149,6 @@ class AsyncPolicy(RoundPolicy):
                                         epochs=record["epochs"], state=record["state"], extra=record["extra"],
                                         reason=f"arrived with staleness {self.step - record['version']}",
                                         upload_bytes=record["upload_bytes"]))
-        self.forget_starts()
         return released
 
     def forget_starts(self) -> None:
