@@ -140,9 +140,10 @@ def brute_force(intervals: list[list[tuple[float, float]]], periods: list[float]
 @st.composite
 def traces(draw):
     agents = draw(st.integers(1, 12))
+    shared = draw(st.sampled_from([None, 50.0]))  # one period for everyone, or one per agent
     intervals, periods = [], []
     for _ in range(agents):
-        period = draw(st.sampled_from([math.inf, 50.0, 80.0]))
+        period = shared or draw(st.sampled_from([math.inf, 50.0, 80.0]))
         cuts = sorted(draw(st.lists(st.integers(0, 49 if math.isfinite(period) else 300), max_size=8, unique=True)))
         spans = [(float(a), float(b)) for a, b in zip(cuts[::2], cuts[1::2])]
         intervals.append(spans)

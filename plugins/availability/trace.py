@@ -70,6 +70,11 @@ class OnlineIntervals:
         self.starts = np.append(starts, np.inf)  # one past the end, so that a pointer there reads "not online"
         self.ends = np.append(ends, np.inf)
         self.periods = periods  # None: no agent's trace repeats
+        if periods is not None:  # time / divisor counts an agent's cycles (0 when it does not repeat)
+            finite = np.isfinite(periods)
+            self._divisor, self._length = np.where(finite, periods, np.inf), np.where(finite, periods, 0.0)
+            if len(periods) and finite.all() and (periods == periods[0]).all():  # one period: scalars suffice
+                self._divisor = self._length = float(periods[0])
         self.unnamed = counts == 0
         self.sha256 = sha256
         self._pointer: np.ndarray | None = None
@@ -132,12 +137,15 @@ class OnlineIntervals:
             self._pointer = self.offsets[:-1].copy()
         if self.periods is None:
             return time
-        finite = np.isfinite(self.periods)
-        cycle = np.where(finite, np.floor(time / np.where(finite, self.periods, 1.0)), 0.0)
+        cycle = np.floor(time / self._divisor)
         if fresh:
             self._cycle = cycle
+        elif np.ndim(cycle) == 0:
+            if cycle != self._cycle:  # everyone's trace started over
+                self._pointer = self.offsets[:-1].copy()
+                self._cycle = cycle
         else:
             wrapped = np.flatnonzero(cycle != self._cycle)
             self._pointer[wrapped] = self.offsets[wrapped]
             self._cycle = cycle
-        return np.where(finite, time - cycle * np.where(finite, self.periods, 0.0), time)
+        return time - cycle * self._length
