@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from flcore_plugins.availability.trace import OnlineIntervals
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,6 @@ from flcore.partition import Partition
 from flcore.protocol import ROUND_STREAM, SETUP_STREAM, RoundContext, component_rng
 from flcore.testing import build, check_availability, run_tiny_experiment, tiny_config
 from flcore.traces import read_table
-from flcore_plugins.availability.trace import OnlineIntervals
 
 
 def population(agents: int) -> AgentPopulation:

@@ -7,12 +7,12 @@ import pickle
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from flcore_plugins.availability.trace import OnlineIntervals
 
 from flcore.cli import main
 from flcore.errors import UserError
 from flcore.fedscale_traces import convert_behaviour, convert_devices, load_plain_pickle
 from flcore.testing import build
-from flcore_plugins.availability.trace import OnlineIntervals
 from flcore.traces import read_table
 
 BEHAVIOUR = {

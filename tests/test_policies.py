@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from flcore_plugins.policies.asynchronous import staleness_weight
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from flcore.policy import PolicySetup
 from flcore.protocol import ROUND_STREAM, AgentResult, AgentStatus, RoundContext, component_rng
 from flcore.server_plugin import ServerPlugin
 from flcore.testing import build, check_round_policy, tiny_config
-from flcore_plugins.policies.asynchronous import staleness_weight
 
 SPEED, DOWN, UP = 40.0, 5000.0, 1000.0  # samples/s, bytes/s
 PARAMETERS = 64 * 32 + 32 + 32 * 10 + 10  # the tiny MLP on digits

@@ -4,13 +4,13 @@ agents in turn when the trace names none (as FedScale assigns its device profile
 from __future__ import annotations
 
 import numpy as np
+from flcore_plugins.devices.profiles import SPEED_FIELDS, SpeedProfile
 from pydantic import Field
 
 from flcore.agents import AgentPopulation
 from flcore.errors import ConfigError
 from flcore.params import ComponentParams
 from flcore.traces import read_table
-from flcore_plugins.devices.profiles import SPEED_FIELDS, SpeedProfile
 
 _UNITS = {"compute_speed": "training samples per second", "download_bandwidth": "bytes per second",
           "upload_bandwidth": "bytes per second"}

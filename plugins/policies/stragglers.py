@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from flcore_plugins.policies.synchronous import Synchronous, SynchronousParams
 from pydantic import Field
 
 from flcore.policy import PolicySetup
 from flcore.protocol import AgentResult, AgentStatus, Instruction, RoundContext
-from flcore_plugins.policies.synchronous import Synchronous, SynchronousParams
 
 
 class StragglersParams(SynchronousParams):
