@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flcore import hookimpl
-from flcore.agents import AgentPopulation
+from flcore.agent_plugin import AgentPlugin
+from flcore.agents import AgentField, AgentPopulation
 from flcore.config import validate_config
 from flcore.devices import DeviceProfile
 from flcore.errors import ConfigError
@@ -397,3 +398,40 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_config, policy):
 
     clock = lambda folder: [row["virtual_seconds"] for row in read_csv(folder / "metrics.csv")]
     assert clock(next((tmp_path / "straight").glob("*/")).resolve()) == clock(checkpoint.parent)
+
+
+class CountsRounds(AgentPlugin):
+    """Per-agent state: a NumPy scalar (read from a column) and a tensor travel in results held in flight."""
+
+    def state_fields(self):
+        return (AgentField("rounds_trained", 0, "int64"), AgentField("last_loss", None))
+
+    def on_update(self, agent, result):
+        agent.state["rounds_trained"] = agent.state["rounds_trained"] + 1
+        agent.state["last_loss"] = torch.tensor([result.metrics["loss"]])
+
+
+class StatePlugins:
+    @staticmethod
+    @hookimpl
+    def register_agent_plugins(register):
+        register("counts_rounds", CountsRounds, "Test.")
+
+
+def test_per_agent_state_held_in_flight_survives_a_resume(tmp_path):
+    from flcore.engine.state_store import read_checkpoint
+
+    config = validate_config(tiny_config(rounds=5, device_profile="drawn", agent_plugins=["counts_rounds"],
+                                         round_policy=ASYNC, sampler={"name": "uniform", "fraction": 1.0}))
+
+    def experiment():
+        return Experiment(config, plugins=[("state", StatePlugins)])
+
+    straight = experiment().run(out_dir=tmp_path / "a", progress=False)
+    stopped = experiment().run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=2)
+    resumed = experiment().run(resume_dir=stopped.run_dir, progress=False)
+    for key, value in straight.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), key
+    counts = read_checkpoint(straight.run_dir)["columns"]["rounds_trained"]
+    assert counts.tolist() == read_checkpoint(resumed.run_dir)["columns"]["rounds_trained"].tolist()
+    assert counts.sum() == sum(row["completed"] for row in straight.history)  # stored once an update arrives

@@ -156,11 +156,38 @@ class AsyncPolicy(RoundPolicy):
 
     # ---------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "started": self.started, "in_flight": self.in_flight, "buffer": self.buffer}
+        return {"step": self.step, "started": self.started, "in_flight": _encode(self.in_flight),
+                "buffer": _encode(self.buffer)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.started = int(state["step"]), int(state["started"])
-        self.in_flight, self.buffer = list(state["in_flight"]), list(state["buffer"])
+        self.in_flight, self.buffer = _decode(state["in_flight"]), _decode(state["buffer"])
+
+
+_NUMPY = "__numpy__"
+
+
+def _encode(value: Any) -> Any:
+    """Held results as ``torch.load(weights_only=True)`` reads them: NumPy arrays and scalars (per-agent
+    state read from columns) become tagged tensors, decoded to the same type and dtype."""
+    if isinstance(value, (np.ndarray, np.generic)) and not isinstance(value, np.str_):
+        return {_NUMPY: torch.from_numpy(np.array(value)), "scalar": isinstance(value, np.generic)}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_encode(v) for v in value)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if _NUMPY in value:
+            array = value[_NUMPY].numpy().copy()
+            return array[()] if value["scalar"] else array
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_decode(v) for v in value)
+    return value
 
 
 class FedAsyncParams(AsyncParams):
