@@ -376,7 +376,7 @@ def check_round_policy(name: str, out_dir: str | Path, registry: Registry | None
         f"round policy '{name}' must subclass flcore.policy.RoundPolicy"
     out_dir = Path(out_dir)
     config = validate_config(tiny_config(round_policy={"name": name, **params}, device_profile=device_profile,
-                                         rounds=4, sampler={"name": "uniform", "count": 5}))
+                                         rounds=3, sampler={"name": "uniform", "count": 5}))
 
     def run(folder: str, **kwargs: Any) -> Any:
         return Experiment(config, registry=registry).run(out_dir=out_dir / folder, progress=False, **kwargs)
