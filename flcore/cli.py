@@ -313,7 +313,8 @@ def report(run_dirs: tuple[Path, ...], out_dir: Path | None) -> None:
 
 @main.command("new-plugin")
 @click.option("--kind", required=True, type=click.Choice(["aggregator", "sampler", "partitioner", "agent_plugin",
-                                                            "server_plugin", "backend"]))
+                                                            "server_plugin", "backend", "availability",
+                                                            "device_profile", "round_policy"]))
 @click.argument("name")
 @click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @handle_errors
@@ -323,6 +324,22 @@ def new_plugin(kind: str, name: str, directory: Path) -> None:
 
     target = write_plugin(kind, name, directory)
     click.echo(f"wrote {target}: cd {target} && pip install -e '.[test]' && pytest")
+
+
+@main.command("convert-trace")
+@click.option("--from", "source_format", required=True, type=click.Choice(["fedscale-behaviour", "fedscale-devices"]),
+              help="fedscale-behaviour: FedScale's client_behave_trace (online intervals); fedscale-devices: its "
+              "client_device_capacity (speeds).")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--limit", type=click.IntRange(min=1), help="Keep the first N clients (in id order) only.")
+@handle_errors
+def convert_trace(source_format: str, source: Path, target: Path, limit: int | None) -> None:
+    """Write SOURCE, a trace in another simulator's format, as flcore's CSV TARGET (never unpickling objects)."""
+    from flcore.fedscale_traces import CONVERTERS
+
+    counts = CONVERTERS[source_format](source, target, limit)
+    click.echo(f"wrote {target}: " + ", ".join(f"{value:,} {key}" for key, value in counts.items()))
 
 
 @main.command()

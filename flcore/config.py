@@ -162,6 +162,18 @@ class FederationConfig(_Section):
         description="Floating buffers (BatchNorm statistics): sample-weighted mean of the agents', "
         "or kept at the global model's values.",
     )
+    availability: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="always"),
+        description="Which agents are online in a round: always, bernoulli, diurnal, trace (online intervals from "
+        "a file), or a plugin's. Samplers choose among the online agents.")
+    device_profile: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="instant"),
+        description="Per-agent compute speed and bandwidths, which make an agent's round take virtual seconds: "
+        "instant (no time passes), fixed, lognormal, trace (speeds from a file), or a plugin's.")
+    round_policy: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="synchronous"),
+        description="When a round ends on the virtual clock: synchronous (waits for every agent), deadline, "
+        "over_selection, stragglers (FedProx's), fedasync, fedbuff, or a plugin's.")
 
 
 class EvaluationConfig(_Section):

@@ -68,3 +68,18 @@ def register_backends(register):
 @hookspec
 def register_agent_metadata(register):
     """Register agent metadata: subclasses of :class:`flcore.metadata.AgentMetadata`."""
+
+
+@hookspec
+def register_availability_models(register):
+    """Register availability models: subclasses of :class:`flcore.availability.Availability`."""
+
+
+@hookspec
+def register_device_profiles(register):
+    """Register device profiles: subclasses of :class:`flcore.devices.DeviceProfile`."""
+
+
+@hookspec
+def register_round_policies(register):
+    """Register round policies: subclasses of :class:`flcore.policy.RoundPolicy`."""

@@ -39,6 +39,12 @@ KINDS: tuple[Kind, ...] = (
          "How a round's agents are trained: one after another, vectorized, or across processes."),
     Kind("agent_metadata", "register_agent_metadata", "flcore.metadata:AgentMetadata",
          "Per-agent fields kept across rounds and checkpointed (read by samplers and strategies)."),
+    Kind("availability", "register_availability_models", "flcore.availability:Availability",
+         "Which agents are online in a round (always, Bernoulli, diurnal, a trace of online intervals)."),
+    Kind("device_profile", "register_device_profiles", "flcore.devices:DeviceProfile",
+         "Per-agent compute speed and bandwidths: how many virtual seconds an agent's round takes."),
+    Kind("round_policy", "register_round_policies", "flcore.policy:RoundPolicy",
+         "When a round ends on the virtual clock: deadlines, stragglers, over-selection, asynchronous FL."),
 )
 
 #: kind name -> the hook that registers it

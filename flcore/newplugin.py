@@ -23,6 +23,9 @@ SETTINGS = {
     "agent_plugin": "'federation.agent_plugins=[$name]'",
     "server_plugin": "'federation.server_plugins=[$name]'",
     "backend": "federation.backend=$name",
+    "availability": "federation.availability=$name",
+    "device_profile": "federation.device_profile=$name",
+    "round_policy": "federation.round_policy=$name",
 }
 
 

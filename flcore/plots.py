@@ -81,6 +81,29 @@ def global_figure(curves: Sequence[Curve], step_name: str = "round", title: str 
     return fig
 
 
+def virtual_time_figure(curves: Sequence[tuple[Curve, np.ndarray]]) -> Any:
+    """Test accuracy against virtual time (a device profile's clock) beside accuracy against rounds,
+    one line per run: each curve with its ``virtual_seconds`` per round."""
+    plt = _pyplot()
+    longest = max(float(np.nanmax(clock)) for _, clock in curves)
+    unit, scale = ("hours", 3600.0) if longest >= 3 * 3600 else ("seconds", 1.0)
+    fig, (time_ax, round_ax) = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for index, (curve, clock) in enumerate(curves):
+        colour, seen = f"C{index % 10}", ~np.isnan(curve.acc)
+        time_ax.plot(clock[seen] / scale, curve.acc[seen], marker=".", color=colour, label=curve.label)
+        round_ax.plot(curve.step[seen], curve.acc[seen], marker=".", color=colour, label=curve.label)
+    time_ax.set(xlabel=f"virtual time ({unit})", ylabel="test accuracy", title="accuracy against virtual time",
+                ylim=(0, 1))
+    time_ax.set_xlim(left=0)
+    round_ax.set(xlabel="round", title="accuracy against rounds")
+    _whole_number_ticks(round_ax.xaxis)
+    for ax in (time_ax, round_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def agents_figure(agent: np.ndarray, round_index: np.ndarray, epoch: np.ndarray, loss: np.ndarray,
                   acc: np.ndarray, shown: int = 3) -> Any:
     """Local loss and accuracy of the most-selected agents over their rounds and epochs (Figure 9)."""

@@ -4,7 +4,8 @@ A round is a fixed sequence of named phases (docs/concepts.md):
 
 0. **available**: components narrow the set of agents that can be selected this round
    (availability models, agents still busy on an asynchronous clock);
-1. **select**: the sampler chooses agents among the available ones;
+1. **select**: the sampler chooses agents among the available ones (components may then narrow
+   the selection: an asynchronous policy starts only as many agents as it has free slots);
 2. **instruct**: one :class:`Instruction` per selected agent (epochs or a step budget, a
    learning-rate scale, participate or drop, a deadline, free key-values for plugins), which
    components edit in :meth:`RoundComponent.configure_round`;
@@ -94,6 +95,7 @@ class AgentResult:
     history: list[dict[str, float]] = field(default_factory=list)
     reason: str = ""
     cause: BaseException | None = field(default=None, repr=False, compare=False)
+    upload_bytes: int | None = None  # the update's size on the wire, set by a compression plugin (None: dense)
 
     @classmethod
     def failed(cls, agent_id: int, reason: str, num_samples: int = 0, cause: BaseException | None = None
@@ -145,7 +147,9 @@ class RoundContext:
     trains with ``lr * instruction.lr_scale``); ``available`` holds the ids that could be selected
     (``None``: every agent); ``failures`` the results that did not reach the server (filled after
     the results phase); ``metrics`` the component metrics of the round's row; ``data`` the run's
-    dataset (an :class:`~flcore.data.ArrayDataModule`: ``x_train``, ``x_test``, ``transform``, ...).
+    dataset (an :class:`~flcore.data.ArrayDataModule`: ``x_train``, ``x_test``, ``transform``, ...);
+    ``clock`` the virtual seconds of the run: when the round starts until the results phase, when it
+    ends after it (the round policy advances it; it never goes back).
     """
 
     index: int
@@ -163,6 +167,7 @@ class RoundContext:
     metrics: dict[str, float] = field(default_factory=dict)
     trainer: Any = field(default=None, repr=False)
     kept: dict[int, float] | None = None  # the strategy's Aggregate.kept, after the aggregate phase
+    clock: float = 0.0
 
     def train(self, indices: np.ndarray, instruction: Instruction | None = None) -> AgentResult:
         """Train the round's global model on the training samples ``indices`` on the server
@@ -320,8 +325,14 @@ class RoundComponent:
         (an attack's malicious agents): JSON values, written to ``records.json`` (empty: nothing)."""
         return {}
 
+    def narrow_selection(self, context: RoundContext, selected: np.ndarray) -> np.ndarray:
+        """Select phase, after the sampler: return the agents that actually start this round, a
+        subset of ``selected`` in its order (an asynchronous policy starts only as many as it has
+        free slots); return ``selected`` to keep them all."""
+        return selected
 
-PHASES = ("setup", "availability", "configure_round", "on_results", "on_round_end", "on_evaluate")
+
+PHASES = ("setup", "availability", "configure_round", "on_results", "on_round_end", "on_evaluate", "narrow_selection")
 
 
 def overrides(component: Any, method: str, base: type = RoundComponent) -> bool:

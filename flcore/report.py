@@ -34,6 +34,7 @@ from flcore.plots import (
     partition_figure,
     sampling_figure,
     save_figure,
+    virtual_time_figure,
 )
 from flcore.runfiles import RunFiles, numbers, require_columns
 
@@ -97,7 +98,8 @@ def read_history(files: RunFiles) -> History:
     if step_name not in rows[0]:
         raise UserError(f"{where} lacks the column 'round' (or 'epoch' for a centralized run); its columns are "
                         f"{', '.join(rows[0])}.")
-    plotted = ["test_acc", "test_loss", "train_loss"] + [k for k in rows[0] if k.startswith("memory/")]
+    plotted = ["test_acc", "test_loss", "train_loss", "virtual_seconds"] + [k for k in rows[0]
+                                                                          if k.startswith("memory/")]
     columns = {name: numbers(rows, name, where) for name in plotted if name in rows[0]}
     return History(step_name, numbers(rows, step_name, where, integer=True), columns)
 
@@ -180,6 +182,11 @@ def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) ->
     step_name = histories[0][1].step_name
     figures = [("Global model per round (Figure 8)",
                 save_figure(global_figure([h.curve(name) for name, h in histories], step_name), out / "global.png"))]
+    timed = [(h.curve(name), h.column("virtual_seconds")) for name, h in histories
+             if np.nanmax(h.column("virtual_seconds"), initial=0.0) > 0]
+    if timed:  # a device profile moved the virtual clock
+        figures.append(("Accuracy against virtual time and rounds",
+                        save_figure(virtual_time_figure(timed), out / "virtual_time.png")))
     sections: list[str] = []
     if records:
         record = records[0]

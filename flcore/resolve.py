@@ -88,7 +88,7 @@ def resolve_components(config: ExperimentConfig, registry: Registry) -> dict[str
     federation = config.federation
     if federation is None:
         return resolved
-    for kind in ("partitioner", "sampler", "aggregator", "backend"):
+    for kind in ("partitioner", "sampler", "aggregator", "backend", "availability", "device_profile", "round_policy"):
         spec = getattr(federation, kind)
         resolved[kind] = resolve(registry, kind, spec.name, spec.params, f"federation.{kind}")
     for kind, section in (("agent_plugin", "agent_plugins"), ("server_plugin", "server_plugins"),

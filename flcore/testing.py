@@ -269,3 +269,127 @@ def check_backend(name: str, out_dir: str | Path, registry: Registry | None = No
     resumed = Experiment(config, registry=registry).run(resume_dir=stopped.run_dir, progress=False)
     for key, value in mine.state_dict.items():
         assert torch.equal(resumed.state_dict[key], value), f"backend '{name}': a resumed run differs ({key})"
+
+
+def _built_with_population(kind: str, name: str, registry: Registry | None, agents: int, seed: int,
+                           params: dict[str, Any]) -> tuple[Any, Any]:
+    """A component of ``kind`` and a population with its fields, after its ``setup`` (as a run does)."""
+    from flcore.partition import Partition
+    from flcore.protocol import SETUP_STREAM, component_rng
+
+    component = build(kind, name, registry, **params)
+    population = _population(Partition.from_shards([np.arange(1 + i % 7) for i in range(agents)]), component, registry)
+    component.setup(population, component_rng(seed, component, SETUP_STREAM))
+    return component, population
+
+
+def _context_at(index: int, population: Any, clock: float, seed: int = 0) -> Any:
+    import torch
+
+    from flcore.protocol import RoundContext
+
+    return RoundContext(index, index + 1, seed, population, torch.zeros(17), clock=clock)
+
+
+def check_availability(name: str, registry: Registry | None = None, agents: int = 50, rounds: int = 6,
+                       seconds_per_round: float = 3600.0, **params: Any) -> None:
+    """Ask the model who is online over several rounds, the clock advancing ``seconds_per_round``,
+    with every agent available and with a subset; check the ids are sorted, distinct, in range and
+    among those available, that the answers are deterministic for a seed, and that a model restored
+    from ``state_dict()`` answers the same."""
+    from flcore.availability import Availability
+
+    def answers(restore_from: Any = None) -> tuple[Any, list[list[int] | None]]:
+        model, population = _built_with_population("availability", name, registry, agents, 0, params)
+        if restore_from is not None:
+            model.load_state_dict(restore_from.state_dict())
+        out: list[list[int] | None] = []
+        for r in range(rounds):
+            for given in (None, np.arange(0, agents, 3)):
+                online = model.availability(_context_at(r, population, r * seconds_per_round), given)
+                if online is None:
+                    assert given is None, f"availability '{name}' returned None (everyone) for a subset of agents"
+                    out.append(None)
+                    continue
+                ids = np.asarray(online)
+                assert ids.ndim == 1 and (len(ids) == 0 or np.issubdtype(ids.dtype, np.integer)), \
+                    f"availability '{name}' returned {ids!r}; expected a 1-D array of agent ids"
+                assert bool((np.diff(ids) > 0).all()), f"availability '{name}' returned ids that are not sorted and distinct"
+                allowed = np.arange(agents) if given is None else given
+                assert bool(np.isin(ids, allowed).all()), \
+                    f"availability '{name}' returned agents that were not available: {sorted(set(ids) - set(allowed))[:10]}"
+                out.append(ids.tolist())
+        return model, out
+
+    first, expected = answers()
+    assert isinstance(first, Availability), f"availability '{name}' must subclass flcore.availability.Availability"
+    assert answers()[1] == expected, f"availability '{name}' is not deterministic (draw from context.rng(self))"
+    assert answers(restore_from=first)[1] == expected, \
+        f"availability '{name}': load_state_dict(state_dict()) does not restore it"
+
+
+def check_device_profile(name: str, registry: Registry | None = None, agents: int = 50, **params: Any) -> None:
+    """Time random work on every agent; check the seconds are finite, non-negative, never fewer for
+    more samples or bytes, deterministic for a seed, and that ``samples_within`` returns the most
+    samples that fit in a time."""
+    from flcore.devices import DeviceProfile, Work
+
+    profile, population = _built_with_population("device_profile", name, registry, agents, 0, params)
+    assert isinstance(profile, DeviceProfile), f"device profile '{name}' must subclass flcore.devices.DeviceProfile"
+    rng = np.random.default_rng(0)
+    ids = np.arange(agents)
+    work = Work(rng.integers(0, 2000, agents).astype(np.float64), rng.uniform(0, 1e6, agents), rng.uniform(0, 1e6, agents))
+    seconds = np.asarray(profile.seconds(population, ids, work), dtype=np.float64)
+    assert seconds.shape == (agents,) and bool(np.isfinite(seconds).all()) and bool((seconds >= 0).all()), \
+        f"device profile '{name}' returned {seconds[:5]}...; expected finite non-negative seconds, one per agent"
+    for more in (Work(work.samples + 100, work.download_bytes, work.upload_bytes),
+                 Work(work.samples, work.download_bytes * 2, work.upload_bytes),
+                 Work(work.samples, work.download_bytes, work.upload_bytes * 2)):
+        assert bool((np.asarray(profile.seconds(population, ids, more)) >= seconds).all()), \
+            f"device profile '{name}' takes less time for more work"
+    again, population_again = _built_with_population("device_profile", name, registry, agents, 0, params)
+    assert np.array_equal(again.seconds(population_again, ids, work), seconds), \
+        f"device profile '{name}' is not deterministic for a seed (draw from the rng given to setup)"
+    budget, most = np.maximum(seconds, 1e-3), 10**6
+    fit = np.asarray(profile.samples_within(population, ids, budget, work.download_bytes, work.upload_bytes, most=most))
+    assert fit.shape == (agents,) and bool(((fit >= 0) & (fit <= most)).all()), \
+        f"device profile '{name}': samples_within returned {fit[:5]}; expected 0 to most samples per agent"
+    within = np.asarray(profile.seconds(population, ids, Work(fit, work.download_bytes, work.upload_bytes)))
+    beyond = np.asarray(profile.seconds(population, ids, Work(fit + 1, work.download_bytes, work.upload_bytes)))
+    assert bool(((fit == 0) | (within <= budget)).all()), f"device profile '{name}': samples_within gives more than fits"
+    assert bool(((beyond > budget) | (fit == most)).all()), \
+        f"device profile '{name}': samples_within gives fewer samples than fit"
+
+
+def check_round_policy(name: str, out_dir: str | Path, registry: Registry | None = None,
+                       device_profile: Any = "drawn", **params: Any) -> None:
+    """Run the tiny experiment with the policy on ``device_profile``; check two runs agree exactly,
+    the virtual clock never goes back, and a run stopped after one round and resumed ends
+    bit-identical with the same clock."""
+    import torch
+
+    from flcore.config import validate_config
+    from flcore.experiment import Experiment
+    from flcore.policy import RoundPolicy
+
+    assert isinstance(build("round_policy", name, registry, **params), RoundPolicy), \
+        f"round policy '{name}' must subclass flcore.policy.RoundPolicy"
+    out_dir = Path(out_dir)
+    config = validate_config(tiny_config(round_policy={"name": name, **params}, device_profile=device_profile,
+                                         rounds=3, sampler={"name": "uniform", "count": 5}))
+
+    def run(folder: str, **kwargs: Any) -> Any:
+        return Experiment(config, registry=registry).run(out_dir=out_dir / folder, progress=False, **kwargs)
+
+    first, second = run("a"), run("b")
+    clock = [row["virtual_seconds"] for row in first.history]
+    assert all(b >= a for a, b in zip(clock, clock[1:])), f"round policy '{name}': the clock went back: {clock}"
+    assert clock == [row["virtual_seconds"] for row in second.history], f"round policy '{name}' is not deterministic"
+    stopped = run("c", stop_after_rounds=1)
+    resumed = Experiment(config, registry=registry).run(resume_dir=stopped.run_dir, progress=False)
+    assert [row["virtual_seconds"] for row in resumed.history] == clock, \
+        f"round policy '{name}': a resumed run's clock differs; keep what the clock needs in state_dict"
+    for key, value in first.state_dict.items():
+        assert torch.equal(value, second.state_dict[key]), f"round policy '{name}' is not deterministic ({key})"
+        assert torch.equal(value, resumed.state_dict[key]), \
+            f"round policy '{name}': a resumed run differs ({key}); keep held updates in state_dict"

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from flcore.cli import main
 
 KINDS = {"aggregator": "fedtest", "sampler": "pickfew", "partitioner": "stripes", "agent_plugin": "clipper",
-         "server_plugin": "damper", "backend": "bysize"}
+         "server_plugin": "damper", "backend": "bysize", "availability": "sometimes", "device_profile": "phones",
+         "round_policy": "cutoff"}
 
 
 @pytest.mark.slow

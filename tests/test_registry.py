@@ -30,7 +30,7 @@ def test_builtins_are_registered_through_entry_points():
     registry = discover(strict=True)
     assert {c.plugin for c in registry.all() if c.provider == "flcore"} == {
         "datasets", "partitioners", "models", "samplers", "aggregators", "agent_plugins", "server_plugins", "backends",
-        "agent_metadata", "attacks", "defenses"}
+        "agent_metadata", "attacks", "defenses", "availability", "device_profiles", "round_policies"}
     names = {c.name for c in registry.all("aggregator") if c.provider == "flcore"}
     assert {"fedavg", "fedprox", "fedadam", "krum"} <= names
 

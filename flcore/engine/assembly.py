@@ -53,7 +53,7 @@ def build_components(components: dict[str, Any]) -> tuple[dict[str, Any], dict[i
     """The round components (sampler, strategy, plugins, metadata), each knowing its name."""
     built: dict[str, Any] = {}
     labels: dict[int, str] = {}
-    for kind in ("sampler", "aggregator"):
+    for kind in ("sampler", "aggregator", "availability", "device_profile", "round_policy"):
         built[kind] = components[kind].build()
         labels[id(built[kind])] = components[kind].label
     for kind in ("agent_plugin", "server_plugin", "agent_metadata"):
@@ -78,6 +78,19 @@ def build_population(partition: Any, parts: list[RoundComponent], seed: int) -> 
     for part in parts:
         part.setup(population, component_rng(seed, part, SETUP_STREAM))
     return population
+
+
+def prepare_policy(policy: Any, strategy: Any, setup: Any, labels: dict[int, str]) -> None:
+    """The round policy accepts the strategy and can work with these devices and settings (a
+    deadline some agent can meet), or the run stops with exit code 2 before any round."""
+    reason = policy.check_strategy(strategy)
+    if reason:
+        raise ConfigError(f"federation.round_policy: {labels.get(id(policy))} cannot run with "
+                          f"{labels.get(id(strategy))}: {reason}")
+    try:
+        policy.prepare(setup)
+    except ValueError as exc:
+        raise ConfigError(f"federation.round_policy: {labels.get(id(policy))} cannot be used here: {exc}") from None
 
 
 def check_server_plugins(strategy: Any, server_plugins: list[Any], labels: dict[int, str]) -> None:

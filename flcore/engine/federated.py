@@ -24,6 +24,7 @@ import torch
 from flcore import seeding
 from flcore.backend import Backend, TrainingSetup
 from flcore.config import RESUMABLE_FIELDS, ExperimentConfig, config_to_dict
+from flcore.devices import model_bytes
 from flcore.engine.assembly import (
     build_components,
     build_data_and_model,
@@ -32,6 +33,7 @@ from flcore.engine.assembly import (
     check_run,
     check_server_plugins,
     prepare_backend,
+    prepare_policy,
     training_tensors,
 )
 from flcore.engine.buffers import average_buffers
@@ -46,6 +48,7 @@ from flcore.engine.rundir import RunDirectory, partition_record
 from flcore.engine.state_store import CheckpointStore, config_fingerprint
 from flcore.engine.weights import ModelWeights
 from flcore.errors import ConfigError, RunFailure
+from flcore.policy import PolicySetup
 from flcore.protocol import PHASES, AgentResult, AgentStatus, Aggregate, Instruction, RoundContext, overrides
 from flcore.server_plugin import ServerPlugin
 from flcore.training import lr_factor
@@ -66,6 +69,11 @@ class FederatedRun:
         self.weights = ModelWeights(self.model)
         self.global_vector = self.weights.vector()
         self.global_buffers = self.weights.buffer_state()
+        prepare_policy(self.policy, self.strategy,
+                       PolicySetup(self.population, self.devices, self.training,
+                                   model_bytes(self.global_vector, self.global_buffers), model_bytes(self.global_vector)),
+                       self.labels)
+        self.virtual_seconds = 0.0  # the virtual clock, advanced by the round policy
         self.store = CheckpointStore(run_dir.path)
         self.history: list[dict[str, Any]] = []
         self.next_round = 0
@@ -93,7 +101,11 @@ class FederatedRun:
         check_server_plugins(self.strategy, self.server_plugins, self.labels)
         check_run(self.config, components, built, self.data)
         self.training = self.strategy.configure_training(self.config.training)
-        self.components = [self.sampler, self.strategy, *self.server_plugins, *self.agent_plugins, *self.metadata]
+        self.availability, self.devices, self.policy = \
+            built["availability"], built["device_profile"], built["round_policy"]
+        # the policy acts last in every phase: it sees instructions and results as the others left them
+        self.components = [self.sampler, self.strategy, *self.server_plugins, *self.agent_plugins, *self.metadata,
+                           self.availability, self.devices, self.policy]
         self.phase = {name: [c for c in self.components if overrides(c, name)] for name in PHASES}
         self.updating = [p for p in self.server_plugins if overrides(p, "process_update", ServerPlugin)]
         self.post_aggregating = [p for p in reversed(self.server_plugins)
@@ -119,7 +131,7 @@ class FederatedRun:
         context = RoundContext(r, federation.rounds, self.config.seed, self.population, self.global_vector,
                                self.global_buffers,
                                lr=self.training.optimizer.lr * lr_factor(self.training.scheduler, r, federation.rounds),
-                               data=self.data, trainer=self._train_on_server)
+                               data=self.data, trainer=self._train_on_server, clock=self.virtual_seconds)
         with profile("sample"):
             selected = self._select(context)
         with profile("instruct"):
@@ -132,6 +144,7 @@ class FederatedRun:
             self._aggregate(context, accepted)
             for component in self.phase["on_round_end"]:
                 component.on_round_end(context, accepted)
+            self._advance_clock(context)
 
         row = self._row(context, results, accepted, local_metrics)
         last = r + 1 == federation.rounds
@@ -173,6 +186,12 @@ class FederatedRun:
             raise RunFailure(f"{self.labels[id(self.sampler)]} returned an invalid selection in round {r + 1}: "
                              f"expected distinct available agent ids in [0, {n}), got {selected[:10].tolist()}...")
         selected = selected.astype(np.int64)
+        for component in self.phase["narrow_selection"]:
+            narrowed = np.asarray(component.narrow_selection(context, selected), dtype=np.int64)
+            if narrowed.ndim != 1 or len(np.unique(narrowed)) != len(narrowed) or not np.isin(narrowed, selected).all():
+                raise RunFailure(f"{self.labels[id(component)]} narrowed the selection of round {r + 1} to an invalid "
+                                 "set: expected distinct ids among those the sampler chose")
+            selected = narrowed
         counts = self.population.column("selected_count")[selected]
         self.agents_seen += int((counts == 0).sum())
         self.population.update("selected_count", selected, counts + 1)
@@ -291,16 +310,30 @@ class FederatedRun:
                              f"{context.index + 1}; federation.stall_rounds = {limit}): every selected agent failed or "
                              "was dropped. The checkpoint before these rounds is intact.")
 
+    def _advance_clock(self, context: RoundContext) -> None:
+        """The virtual clock after the round: finite, and never earlier than before it."""
+        try:
+            clock = float(context.clock)
+        except (TypeError, ValueError):
+            clock = math.nan
+        if not math.isfinite(clock) or clock < self.virtual_seconds:
+            raise RunFailure(f"the virtual clock was set to {context.clock!r} in round {context.index + 1} (by "
+                             f"{self.labels[id(self.policy)]} or another component), where a finite value of at least "
+                             f"{self.virtual_seconds} (its value before the round) was expected")
+        self.virtual_seconds = clock
+
     def _row(self, context: RoundContext, results: list[AgentResult], accepted: list[AgentResult],
              local_metrics: list[dict[str, float]]) -> dict[str, Any]:
         statuses = [r.status for r in results]
         row: dict[str, Any] = {
-            "round": context.index + 1, "selected": len(results),
+            "round": context.index + 1, "selected": len(context.selected),
             "completed": statuses.count(AgentStatus.COMPLETED), "partial": statuses.count(AgentStatus.PARTIAL),
             "dropped": statuses.count(AgentStatus.DROPPED), "deferred": statuses.count(AgentStatus.DEFERRED),
             "skipped": statuses.count(AgentStatus.FAILED),
             "lr": context.lr, "agents_seen": self.agents_seen,
         }
+        row["available"] = len(self.population) if context.available is None else len(context.available)
+        row["virtual_seconds"] = self.virtual_seconds
         if accepted:
             weights = np.array([u.num_samples for u in accepted], dtype=np.float64)
             row["train_loss"] = float(np.average([u.metrics.get("loss", np.nan) for u in accepted], weights=weights))
@@ -388,10 +421,12 @@ class FederatedRun:
             "updated_rounds": self.updated_rounds,
             "session": self.session,
             "elapsed_seconds": self.elapsed(),
+            "virtual_seconds": self.virtual_seconds,
         }
 
     def _stateful(self) -> dict[str, Any]:
-        keyed = {"sampler": self.sampler, "aggregator": self.strategy, "backend": self.backend}
+        keyed = {"sampler": self.sampler, "aggregator": self.strategy, "backend": self.backend,
+                 "availability": self.availability, "device_profile": self.devices, "round_policy": self.policy}
         for kind, items in (("server_plugin", self.server_plugins), ("agent_plugin", self.agent_plugins),
                             ("agent_metadata", self.metadata)):
             for index, item in enumerate(items):
@@ -421,6 +456,7 @@ class FederatedRun:
         self.updated_rounds = int(state["updated_rounds"])
         self.session = int(state["session"]) + 1
         self.seconds_before = float(state["elapsed_seconds"])
+        self.virtual_seconds = float(state["virtual_seconds"])
         self.checkpointed_round = self.next_round
         torch.set_rng_state(state["torch_rng"])
 

@@ -18,7 +18,7 @@ from flcore.engine.rundir import RunDirectory
 #: the engine's columns of metrics.csv, in order
 ROUND_COLUMNS = ("round", "selected", "completed", "partial", "dropped", "deferred", "skipped", "lr", "train_loss",
                  "test_loss", "test_acc", "local_loss", "local_acc", "agents_seen", "seconds",
-                 "memory/peak_rss_mib")
+                 "memory/peak_rss_mib", "available", "virtual_seconds")
 
 
 class Progress:

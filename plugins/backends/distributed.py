@@ -78,6 +78,7 @@ class DistributedBackend(SequentialBackend):
             meta.append({"num_samples": result.num_samples, "metrics": result.metrics, "status": result.status,
                          "steps": result.steps, "epochs": result.epochs, "state": result.state,
                          "extra": result.extra, "history": result.history, "reason": result.reason,
+                         "upload_bytes": result.upload_bytes,
                          "has_delta": result.delta is not None, "has_buffers": bool(result.buffers)})
         all_deltas = self.collective.all_gather(deltas).reshape(world, slots, -1)
         all_buffers = self.collective.all_gather(buffers).reshape(world, slots, -1)
