@@ -29,22 +29,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flcore.errors import UserError
+from flcore.plain_pickle import RefusedPickle, load_plain
 
 #: FedScale's training cost: a forward and a backward pass take three inferences
 TRAINING_PER_INFERENCE = 3.0
 #: FedScale's kbit: bytes / 1024 * 8
 BYTES_PER_KBIT = 1024 / 8
-
-
-class PlainUnpickler(pickle.Unpickler):
-    """Loads plain containers and scalars only: every class or function lookup is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"it names {module}.{name}; only plain dicts, lists, numbers and strings "
-                                     "are read from a trace (nothing is ever executed)")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("it refers to persistent objects; only plain data is read from a trace")
 
 
 def load_plain_pickle(path: str | Path) -> Any:
@@ -53,9 +43,11 @@ def load_plain_pickle(path: str | Path) -> Any:
     if not path.is_file():
         raise UserError(f"'{path}' does not exist (or is not a file).")
     try:
-        return PlainUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
-            MemoryError, RecursionError) as exc:
+        return load_plain(path, arrays=False)
+    except RefusedPickle as exc:
+        raise UserError(f"'{path}' could not be read as a FedScale trace: it holds {exc}; only plain dicts, lists, "
+                        "numbers and strings are read from a trace (nothing is ever executed).") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, MemoryError, RecursionError) as exc:
         raise UserError(f"'{path}' could not be read as a FedScale trace: {exc}.") from None
 
 

@@ -22,12 +22,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from flcore_plugins.datasets.plain_pickle import RefusedPickle, load_plain
 from pydantic import Field
 
 from flcore.data import ArrayDataModule, DataSpec, normalizer, split_validation
 from flcore.errors import DataNotFoundError
 from flcore.params import ComponentParams
+from flcore.plain_pickle import RefusedPickle, load_plain
 
 
 class VisionParams(ComponentParams):

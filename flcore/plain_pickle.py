@@ -10,6 +10,7 @@ NumPy's ``__setstate__`` never sees a file's bytes. Arrays of Python objects, st
 anything else are refused.
 
     data = load_plain(path)  # dicts, lists, tuples, str, bytes, numbers, None and numeric arrays
+    data = load_plain(path, arrays=False)  # plain containers and scalars only (FedScale's traces)
 """
 
 from __future__ import annotations
@@ -127,9 +128,13 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 
 class _PlainUnpickler(pickle.Unpickler):
+    def __init__(self, handle: Any, encoding: str, allowed: dict[tuple[str, str], Any]) -> None:
+        super().__init__(handle, encoding=encoding)
+        self.allowed = allowed
+
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise RefusedPickle(f"a reference to {module}.{name}, which could run code") from None
 
@@ -154,15 +159,15 @@ def _plain(value: Any, depth: int = 0) -> Any:
     raise RefusedPickle(f"an object of type {type(value).__name__}")
 
 
-def load_plain(path: str | Path, encoding: str = "latin1") -> Any:
-    """Unpickle ``path`` if it holds only plain data and numeric arrays.
+def load_plain(path: str | Path, encoding: str = "latin1", arrays: bool = True) -> Any:
+    """Unpickle ``path`` if it holds only plain data (and, with ``arrays``, numeric NumPy arrays).
 
     Raises :class:`RefusedPickle` naming what the file holds otherwise, and ``pickle.UnpicklingError``,
     ``EOFError`` or ``OSError`` for a file that is not a complete pickle.
     """
     with open(path, "rb") as handle:
         try:
-            loaded = _PlainUnpickler(handle, encoding=encoding).load()
+            loaded = _PlainUnpickler(handle, encoding, _ALLOWED if arrays else {}).load()
         except RefusedPickle:
             raise
         except (TypeError, AttributeError, IndexError, KeyError, ValueError) as exc:  # a stand-in misused
