@@ -46,6 +46,7 @@ from flcore.engine.recording import Progress, Recorder, progress_mode
 from flcore.engine.result import RunResult
 from flcore.engine.rundir import RunDirectory, partition_record
 from flcore.engine.state_store import CheckpointStore, config_fingerprint
+from flcore.engine.stepping import place_module
 from flcore.engine.weights import ModelWeights
 from flcore.errors import ConfigError, RunFailure
 from flcore.policy import PolicySetup
@@ -114,7 +115,7 @@ class FederatedRun:
         self.streaming = self.strategy.streaming and not self.phase["on_results"]
 
     def _prepare_backend(self, backend: Backend) -> Backend:
-        module = self.fabric.setup_module(self.model)
+        module = place_module(self.fabric, self.model)
         self.module = module
         x, y = training_tensors(self.data, self.fabric.device)
         self.setup = TrainingSetup(self.fabric, self.model, module, x, y, self.data.transform, self.config.seed,

@@ -17,6 +17,7 @@ from flcore import seeding
 from flcore.agent_plugin import AgentPlugin
 from flcore.augment import augmentation
 from flcore.backend import TrainingSetup
+from flcore.engine.stepping import Stepper
 from flcore.engine.weights import ModelWeights, flatten
 from flcore.protocol import (
     AgentContext,
@@ -52,8 +53,8 @@ class LocalTrainer:
 
     def __init__(self, setup: TrainingSetup) -> None:
         self.setup = setup
-        self.fabric = setup.fabric
         self.model = setup.module
+        self.stepper = Stepper(setup.fabric, setup.module)
         self.device = setup.fabric.device
         self.weights = ModelWeights(setup.model)
         self.params = self.weights.params
@@ -94,14 +95,14 @@ class LocalTrainer:
         if n == 0:
             raise AgentFailure("its shard is empty")
         self.weights.load(context.global_vector, context.global_buffers)
-        seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, stream)
+        seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, stream, device=self.device)
         order_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, stream, 1)
         augment_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, stream, 2)
         lr = context.lr * instruction.lr_scale
         optimizer = build_optimizer(training.optimizer, self.params)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizer = self.fabric.setup_optimizers(optimizer)
+        optimizer = self.stepper.setup_optimizer(optimizer)
         agent = AgentContext(agent_id, round_index, instruction, self.params,
                              split_like(context.global_vector, self.params), lr, n,
                              AgentState(setup.population, agent_id), model=self.model)
@@ -134,11 +135,11 @@ class LocalTrainer:
                     if term is not None:
                         objective = objective + term
                 optimizer.zero_grad(set_to_none=True)
-                self.fabric.backward(objective)
+                self.stepper.backward(objective)
                 for plugin in self.stepping:
                     plugin.before_step(agent)
                 if training.grad_clip_norm is not None:
-                    self.fabric.clip_gradients(self.model, optimizer, max_norm=training.grad_clip_norm)
+                    self.stepper.clip(optimizer, training.grad_clip_norm)
                 optimizer.step()
                 agent.steps += 1
                 loss_sum += loss.detach() * len(idx)
