@@ -9,3 +9,5 @@ _MODULE = "flcore_plugins.agent_plugins"
 def register_agent_plugins(register):
     register("proximal", f"{_MODULE}.proximal:Proximal",
              "FedProx's proximal term mu/2 * ||w - w_global||^2 in every local step (Li et al. 2020).")
+    register("feddyn_regularizer", f"{_MODULE}.feddyn:FedDynRegularizer",
+             "FedDyn's agent side: -<g_k, w> + alpha/2 * ||w - w_global||^2, g_k kept per agent.")
