@@ -3,6 +3,7 @@ here in plain PyTorch or NumPy, with their per-agent state across rounds and a r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,8 @@ from flcore.engine.assembly import build_partition
 from flcore.engine.state_store import read_checkpoint
 from flcore.errors import ConfigError
 from flcore.experiment import Experiment
-from flcore.testing import check_aggregator, tiny_config
+from flcore.protocol import AgentResult
+from flcore.testing import build, check_aggregator, round_context, tiny_config
 
 LR = 0.1
 
@@ -115,16 +117,118 @@ def test_a_resumed_feddyn_run_equals_a_straight_one(tmp_path):
     assert [r["test_acc"] for r in resumed.history] == [r["test_acc"] for r in straight.history]
 
 
-def test_feddyn_refuses_a_non_positive_alpha_naming_it(tmp_path):
-    output = validate_exit(tmp_path, tiny_config(aggregator={"name": "feddyn", "alpha": 0}))
-    assert "alpha" in output and "greater than 0" in output
+@pytest.mark.parametrize(
+    ("aggregator", "field", "expected"),
+    [
+        ({"name": "feddyn", "alpha": 0}, "alpha", "greater than 0"),
+        ({"name": "qffl", "q": -1}, "q", "greater than or equal to 0"),
+    ],
+)
+def test_bad_parameters_exit_2_naming_the_field(tmp_path, aggregator, field, expected):
+    output = validate_exit(tmp_path, tiny_config(aggregator=aggregator))
+    assert f"federation.aggregator.{field}' = {aggregator[field]}" in output and expected in output
 
 
-def test_strict_vectorized_refuses_feddyn_saying_why(tmp_path):
-    config = tiny_config(aggregator="feddyn", backend={"name": "vectorized", "strict": True})
-    with pytest.raises(
-        ConfigError,
-        match="agent-side plugin 'feddyn_regularizer' does not declare vectorizable "
-        r"\(its loss term reads each agent's own state",
-    ):
+@pytest.mark.parametrize(
+    ("aggregator", "plugin", "reason"),
+    [
+        ("feddyn", "feddyn_regularizer", "its loss term reads each agent's own state"),
+        ("qffl", "qffl_loss", "it scores the global model on each agent's shard"),
+    ],
+)
+def test_strict_vectorized_refuses_saying_why(tmp_path, aggregator, plugin, reason):
+    config = tiny_config(aggregator=aggregator, backend={"name": "vectorized", "strict": True})
+    with pytest.raises(ConfigError, match=f"agent-side plugin '{plugin}' does not declare vectorizable \\({reason}"):
         Experiment(validate_config(config)).run(out_dir=tmp_path, progress=False)
+
+
+# ------------------------------------------------------------------------------------ q-FFL
+def qffl_reference(w: np.ndarray, deltas: np.ndarray, losses: np.ndarray, q: float, lr: float) -> np.ndarray:
+    """Algorithm 2 of Li et al. 2020 as written, with F_k + 1e-10 as in the paper's code."""
+    lipschitz = 1.0 / lr
+    big_deltas = lipschitz * -deltas  # Delta_k = L (w^t - w_k)
+    f = losses + 1e-10
+    h = q * f ** (q - 1) * (big_deltas**2).sum(axis=1) + lipschitz * f**q
+    return w - (f[:, None] ** q * big_deltas).sum(axis=0) / h.sum()
+
+
+def qffl_updates(seed: int = 0, count: int = 5, dim: int = 11):
+    rng = np.random.default_rng(seed)
+    deltas, losses = rng.normal(scale=0.1, size=(count, dim)), rng.uniform(0.1, 3.0, size=count)
+    sizes = rng.integers(5, 60, size=count)
+    make = lambda: [  # noqa: E731
+        AgentResult(k, torch.tensor(d), int(n), extra={"qffl_loss/loss": float(f)})
+        for k, (d, f, n) in enumerate(zip(deltas, losses, sizes))
+    ]
+    return deltas, losses, make
+
+
+@pytest.mark.parametrize("q", [0.5, 1.0, 5.0])
+@pytest.mark.parametrize("streamed", [True, False])
+def test_qffl_follows_algorithm_2(q, streamed):
+    deltas, losses, make = qffl_updates()
+    w = np.random.default_rng(1).normal(size=deltas.shape[1])
+    strategy = build("aggregator", "qffl", q=q)
+    updates = make()
+    if streamed:
+        for update in updates:
+            strategy.accumulate(update)
+    out = strategy.aggregate(torch.tensor(w), updates, round_context(dim=deltas.shape[1], lr=0.05))
+    np.testing.assert_allclose(out.vector.numpy(), qffl_reference(w, deltas, losses, q, 0.05), rtol=1e-12)
+    assert out.metrics == pytest.approx({"mean_loss": losses.mean(), "max_loss": losses.max()})
+
+
+def test_qffl_with_q_0_is_uniform_fedavg_not_the_sample_weighted_one():
+    """q = 0: h_k = L, so w - sum_k L (w - w_k) / (m L) = mean_k w_k, whatever the losses and the
+    learning rate: FedAvg with equal weights (weighted: false), not weighted by sample counts."""
+    deltas, losses, make = qffl_updates(seed=2)
+    w = torch.zeros(deltas.shape[1], dtype=torch.float64)
+    context = round_context(dim=deltas.shape[1], lr=0.3)
+    qffl = build("aggregator", "qffl", q=0).aggregate(w, make(), context).vector
+    uniform = build("aggregator", "fedavg", weighted=False)
+    weighted = build("aggregator", "fedavg")
+    torch.testing.assert_close(qffl, uniform.aggregate(w, make(), context), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(qffl, torch.tensor(deltas.mean(axis=0)), rtol=1e-12, atol=1e-15)
+    assert not torch.allclose(qffl, weighted.aggregate(w, make(), context))
+
+
+def test_qffl_over_two_rounds_weighs_agents_by_their_loss_at_the_global_model(tmp_path):
+    q = 2.0
+    config = full_batch_config({"name": "qffl", "q": q})
+    experiment, shards, model = setting(config)
+    result = experiment.run(out_dir=tmp_path, progress=False)
+
+    names = [n for n, _ in model.named_parameters()]
+    theta = [p.detach().clone() for p in model.parameters()]
+    for r in range(2):
+        deltas, losses = [], []
+        for x, y in shards:
+            with torch.no_grad():
+                losses.append(float(F.cross_entropy(logits(model, names, theta, x), y)))
+            w = [t.clone().requires_grad_() for t in theta]
+            optimizer = torch.optim.SGD(w, lr=LR)
+            for _ in range(2):
+                optimizer.zero_grad()
+                F.cross_entropy(logits(model, names, w, x), y).backward()
+                optimizer.step()
+            deltas.append(torch.cat([(p.detach() - t).reshape(-1) for p, t in zip(w, theta)]).double().numpy())
+        flat = torch.cat([t.reshape(-1) for t in theta]).double().numpy()
+        new = qffl_reference(flat, np.stack(deltas), np.array(losses), q, LR)
+        theta = [
+            torch.from_numpy(c).float().view_as(t)
+            for c, t in zip(np.split(new, np.cumsum([t.numel() for t in theta])[:-1]), theta)
+        ]
+        assert result.history[r]["qffl/mean_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    for name, value in zip(names, theta):
+        torch.testing.assert_close(result.state_dict[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_qffl_run_equals_a_straight_one(tmp_path):
+    config = full_batch_config({"name": "qffl", "q": 1.0}, agents=6, rounds=5)
+    config["federation"]["sampler"] = {"name": "uniform", "count": 2}
+    config = validate_config(config)
+    straight = Experiment(config).run(out_dir=tmp_path / "a", progress=False)
+    stopped = Experiment(config).run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=3)
+    resumed = Experiment(config).run(resume_dir=stopped.run_dir, progress=False)
+    for name, value in straight.state_dict.items():
+        assert torch.equal(resumed.state_dict[name], value), name

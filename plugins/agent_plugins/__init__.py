@@ -11,3 +11,5 @@ def register_agent_plugins(register):
              "FedProx's proximal term mu/2 * ||w - w_global||^2 in every local step (Li et al. 2020).")
     register("feddyn_regularizer", f"{_MODULE}.feddyn:FedDynRegularizer",
              "FedDyn's agent side: -<g_k, w> + alpha/2 * ||w - w_global||^2, g_k kept per agent.")
+    register("qffl_loss", f"{_MODULE}.qffl:QFFLLoss",
+             "q-FFL's agent side: sends the global model's loss on the agent's shard before training.")

@@ -13,6 +13,8 @@ def register_aggregators(register):
     register("fedprox", f"{_MODULE}.fedprox:FedProx", "FedProx: FedAvg with a proximal local term (Li et al. 2020).")
     register("feddyn", f"{_MODULE}.feddyn:FedDyn",
              "FedDyn: dynamic regularization with server state h (Acar et al. 2021).")
+    register("qffl", f"{_MODULE}.qffl:QFFL",
+             "q-FFL (q-FedAvg): agents weighted by their loss to the power q (Li et al. 2020).")
     register("fedadam", f"{_MODULE}.fedopt:FedAdam", "FedAdam: adaptive server optimizer (Reddi et al. 2021).")
     register("fedyogi", f"{_MODULE}.fedopt:FedYogi", "FedYogi: adaptive server optimizer (Reddi et al. 2021).")
     register("fedadagrad", f"{_MODULE}.fedopt:FedAdagrad", "FedAdagrad: adaptive server optimizer (Reddi et al. 2021).")
