@@ -130,14 +130,33 @@ def test_bad_parameters_exit_2_naming_the_field(tmp_path, aggregator, field, exp
 
 
 @pytest.mark.parametrize(
+    ("moon", "expected"),
+    [
+        ({"tau": 0}, "'federation.agent_plugins[0].tau' = 0: Input should be greater than 0"),
+        ({"mu": -1}, "'federation.agent_plugins[0].mu' = -1: Input should be greater than or equal to 0"),
+        (
+            {"layer": "net.9"},
+            "'layer' = 'net.9' is not a module of the model; its modules are: net, net.0, net.1, net.2",
+        ),
+    ],
+)
+def test_bad_moon_parameters_exit_2_naming_the_field(tmp_path, moon, expected):
+    output = validate_exit(tmp_path, tiny_config(agent_plugins=[{"name": "moon", **moon}]))
+    assert expected in " ".join(output.split()), output
+
+
+@pytest.mark.parametrize(
     ("aggregator", "plugin", "reason"),
     [
         ("feddyn", "feddyn_regularizer", "its loss term reads each agent's own state"),
         ("qffl", "qffl_loss", "it scores the global model on each agent's shard"),
+        ("fedavg", "moon", "its loss term runs the global and previous models on the batch"),
     ],
 )
 def test_strict_vectorized_refuses_saying_why(tmp_path, aggregator, plugin, reason):
     config = tiny_config(aggregator=aggregator, backend={"name": "vectorized", "strict": True})
+    if plugin == "moon":
+        config["federation"]["agent_plugins"] = ["moon"]
     with pytest.raises(ConfigError, match=f"agent-side plugin '{plugin}' does not declare vectorizable \\({reason}"):
         Experiment(validate_config(config)).run(out_dir=tmp_path, progress=False)
 
@@ -225,6 +244,104 @@ def test_qffl_over_two_rounds_weighs_agents_by_their_loss_at_the_global_model(tm
 
 def test_a_resumed_qffl_run_equals_a_straight_one(tmp_path):
     config = full_batch_config({"name": "qffl", "q": 1.0}, agents=6, rounds=5)
+    config["federation"]["sampler"] = {"name": "uniform", "count": 2}
+    config = validate_config(config)
+    straight = Experiment(config).run(out_dir=tmp_path / "a", progress=False)
+    stopped = Experiment(config).run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=3)
+    resumed = Experiment(config).run(resume_dir=stopped.run_dir, progress=False)
+    for name, value in straight.state_dict.items():
+        assert torch.equal(resumed.state_dict[name], value), name
+
+
+# ------------------------------------------------------------------------------------ MOON
+def hidden_of(x: torch.Tensor, weights: list[torch.Tensor], activation=torch.relu) -> torch.Tensor:
+    """The MLP's hidden layer, written out: relu(x W1^T + b1)."""
+    return activation(x.flatten(1) @ weights[0].T + weights[1])
+
+
+def moon_term(z: torch.Tensor, z_global: torch.Tensor, z_previous: torch.Tensor, mu: float, tau: float):
+    """Equation 3 of Li et al. 2021, written out."""
+    cos = lambda a, b: (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))  # noqa: E731
+    positive, negative = torch.exp(cos(z, z_global) / tau), torch.exp(cos(z, z_previous) / tau)
+    return mu * -torch.log(positive / (positive + negative)).mean()
+
+
+@pytest.mark.parametrize("layer", ["net.1", None])  # the hidden layer's output, or the last layer's input
+def test_moon_loss_term_is_equation_3_on_a_tiny_model(layer):
+    from flcore.agents import AgentPopulation
+    from flcore.models import ClassifierModule
+    from flcore.partition import Partition
+    from flcore.protocol import AgentContext, AgentState, Instruction
+
+    torch.manual_seed(0)
+    model = ClassifierModule(torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)))
+    params = list(model.parameters())
+    global_params = [p.detach() + 0.3 * torch.randn_like(p) for p in params]
+    previous = [p.detach() + 0.5 * torch.randn_like(p) for p in params]
+    moon = build("agent_plugin", "moon", mu=0.7, tau=0.3, layer=layer)
+    population = AgentPopulation(Partition.from_shards([np.arange(6)]), moon.state_fields())
+    population.set("moon_previous", 0, torch.cat([p.reshape(-1) for p in previous]))
+    agent = AgentContext(0, 1, Instruction(0, 1), params, global_params, 0.1, 6, AgentState(population, 0), model=model)
+    moon.on_agent_start(agent)
+    x = torch.randn(6, 5)
+    model(x)
+    term = moon.loss_term(agent, params, global_params)
+    z, z_global, z_previous = (hidden_of(x, w, torch.tanh) for w in (params, global_params, previous))
+    expected = moon_term(z, z_global, z_previous, 0.7, 0.3)
+    torch.testing.assert_close(term, expected)
+    body = params[:2]  # the head does not shape the representation
+    for got, want in zip(torch.autograd.grad(term, body, retain_graph=True), torch.autograd.grad(expected, body)):
+        torch.testing.assert_close(got, want)
+    moon.on_update(agent, AgentResult(0, torch.full((sum(p.numel() for p in params),), 0.5), 6))
+    model(x)  # its hooks are gone: nothing captured
+    assert moon._captured == {}
+    stored = agent.state.written["moon_previous"]
+    torch.testing.assert_close(stored, torch.cat([g.reshape(-1) for g in global_params]) + 0.5)
+
+
+def moon_config(agents: int = 3, rounds: int = 2) -> dict:
+    config = full_batch_config("fedavg", agents=agents, rounds=rounds)
+    config["model"] = {"name": "mlp", "hidden": [8]}
+    config["federation"]["agent_plugins"] = [{"name": "moon", "mu": 1.0, "tau": 0.5}]
+    return config
+
+
+def test_moon_over_two_rounds_keeps_each_agents_previous_model(tmp_path):
+    """Round 1: no previous model, plain local training; round 2: the contrastive term against the
+    global model and the agent's round-1 model, kept in its state."""
+    mu, tau = 1.0, 0.5
+    experiment, shards, model = setting(moon_config())
+    result = experiment.run(out_dir=tmp_path, progress=False)
+
+    theta = [p.detach().clone() for p in model.parameters()]
+    previous: list[list[torch.Tensor] | None] = [None] * len(shards)
+    for _ in range(2):
+        deltas, sizes = [], []
+        for k, (x, y) in enumerate(shards):
+            w = [t.clone().requires_grad_() for t in theta]
+            optimizer = torch.optim.SGD(w, lr=LR)
+            for _ in range(2):
+                z = hidden_of(x, w)
+                loss = F.cross_entropy(z @ w[2].T + w[3], y)
+                if previous[k] is not None:
+                    loss = loss + moon_term(z, hidden_of(x, theta), hidden_of(x, previous[k]), mu, tau)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            previous[k] = [p.detach().clone() for p in w]
+            deltas.append([p.detach() - t for p, t in zip(w, theta)])
+            sizes.append(len(y))
+        theta = [t + sum(n * d[i] for n, d in zip(sizes, deltas)) / sum(sizes) for i, t in enumerate(theta)]
+
+    for (name, _), value in zip(model.named_parameters(), theta):
+        torch.testing.assert_close(result.state_dict[name], value, rtol=1e-5, atol=1e-6)
+    stored = read_checkpoint(result.run_dir)["sparse"]["moon_previous"]
+    for k in range(len(shards)):
+        torch.testing.assert_close(stored[k], torch.cat([p.reshape(-1) for p in previous[k]]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_resumed_moon_run_equals_a_straight_one(tmp_path):
+    config = moon_config(agents=6, rounds=5)
     config["federation"]["sampler"] = {"name": "uniform", "count": 2}
     config = validate_config(config)
     straight = Experiment(config).run(out_dir=tmp_path / "a", progress=False)

@@ -13,3 +13,5 @@ def register_agent_plugins(register):
              "FedDyn's agent side: -<g_k, w> + alpha/2 * ||w - w_global||^2, g_k kept per agent.")
     register("qffl_loss", f"{_MODULE}.qffl:QFFLLoss",
              "q-FFL's agent side: sends the global model's loss on the agent's shard before training.")
+    register("moon", f"{_MODULE}.moon:Moon",
+             "MOON's model-contrastive term toward the global representation (Li et al. 2021).")
