@@ -105,8 +105,6 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_c
 
     import yaml
 
-    if aggregator["name"] == "scaffold":
-        pytest.importorskip("flcore_scaffold")
     tiny_config["federation"]["aggregator"] = aggregator
     tiny_config["federation"]["sampler"] = {"name": "uniform", "count": 5}
     config = tmp_path / "c.yaml"

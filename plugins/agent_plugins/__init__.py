@@ -15,3 +15,5 @@ def register_agent_plugins(register):
              "q-FFL's agent side: sends the global model's loss on the agent's shard before training.")
     register("moon", f"{_MODULE}.moon:Moon",
              "MOON's model-contrastive term toward the global representation (Li et al. 2021).")
+    register("scaffold_correction", f"{_MODULE}.scaffold:ScaffoldCorrection",
+             "SCAFFOLD's agent side: corrects each step by c - c_i and keeps c_i per agent.")

@@ -15,6 +15,8 @@ def register_aggregators(register):
              "FedDyn: dynamic regularization with server state h (Acar et al. 2021).")
     register("qffl", f"{_MODULE}.qffl:QFFL",
              "q-FFL (q-FedAvg): agents weighted by their loss to the power q (Li et al. 2020).")
+    register("scaffold", f"{_MODULE}.scaffold:Scaffold",
+             "SCAFFOLD: drift-corrected local steps with control variates (Karimireddy et al. 2020).")
     register("fedadam", f"{_MODULE}.fedopt:FedAdam", "FedAdam: adaptive server optimizer (Reddi et al. 2021).")
     register("fedyogi", f"{_MODULE}.fedopt:FedYogi", "FedYogi: adaptive server optimizer (Reddi et al. 2021).")
     register("fedadagrad", f"{_MODULE}.fedopt:FedAdagrad", "FedAdagrad: adaptive server optimizer (Reddi et al. 2021).")
