@@ -45,8 +45,10 @@ def representation_hook(model: torch.nn.Module, layer: str | None) -> tuple[torc
 def contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_previous: torch.Tensor, tau: float) -> torch.Tensor:
     """``mean_i -log(e^{sim(z, z_glob)/tau} / (e^{sim(z, z_glob)/tau} + e^{sim(z, z_prev)/tau}))``,
     ``sim`` the cosine similarity (equation 3 of the paper)."""
-    positive = F.cosine_similarity(z.flatten(1), z_global.flatten(1), dim=1) / tau
-    negative = F.cosine_similarity(z.flatten(1), z_previous.flatten(1), dim=1) / tau
+    dtype = z.dtype  # under bf16 autocast the local representation is bf16, the no_grad ones are not
+    z, z_global, z_previous = (t.flatten(1).to(dtype) for t in (z, z_global, z_previous))
+    positive = F.cosine_similarity(z, z_global, dim=1) / tau
+    negative = F.cosine_similarity(z, z_previous, dim=1) / tau
     logits = torch.stack([positive, negative], dim=1)
     return F.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long, device=z.device))
 
