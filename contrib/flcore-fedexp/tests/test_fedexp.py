@@ -46,6 +46,7 @@ def test_agreeing_updates_give_a_step_size_of_one_that_is_uniform_fedavg():
     torch.testing.assert_close(out.vector, delta)
 
 
+@pytest.mark.slow
 def test_fedexp_learns_on_non_iid_shards_and_logs_its_step_size(tmp_path):
     config = tiny_config(rounds=6, aggregator="fedexp", partitioner={"name": "niid", "niid_factor": 2})
     result = run_tiny_experiment(tmp_path, config)
