@@ -228,7 +228,13 @@ class AgentState(Mapping[str, Any]):
 
 @dataclass
 class AgentContext:
-    """What agent-side plugins see while one agent trains."""
+    """What agent-side plugins see while one agent trains.
+
+    ``score()`` returns the configured loss and the accuracy of the weights now in ``params`` on the
+    agent's shard (eval mode, no gradient, no augmentation): called in ``on_agent_start`` it is the
+    global model's loss on the agent's data, which q-FFL weighs agents by. ``None`` where the
+    backend does not offer it (the vectorized one).
+    """
 
     agent_id: int
     round_index: int
@@ -242,6 +248,7 @@ class AgentContext:
     steps: int = 0
     epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    score: Callable[[], dict[str, float]] | None = field(default=None, repr=False)
 
     def send(self, component: Any, key: str, value: Any) -> None:
         """Send ``value`` to the server under ``<component>/<key>`` (in ``AgentResult.extra``)."""
@@ -354,10 +361,13 @@ class RunPlan:
 
     ``cohort`` is the most agents the sampler selects in a round, where it can tell
     (:meth:`flcore.sampling.Sampler.cohort_size`), else ``None``; ``data`` is the run's dataset (an
-    :class:`~flcore.data.ArrayDataModule`: ``num_classes``, ``spec``, ``x_train``, ...).
+    :class:`~flcore.data.ArrayDataModule`: ``num_classes``, ``spec``, ``x_train``, ...); ``model``
+    the run's ``torch.nn.Module`` (check a layer name against ``model.named_modules()``), ``None``
+    where a check runs without building it (a sweep's cells before their first run).
     """
 
     agents: int
     rounds: int
     cohort: int | None
     data: Any
+    model: Any = None

@@ -100,7 +100,7 @@ class FederatedRun:
         self.agent_plugins, self.server_plugins, self.metadata = \
             built["agent_plugin"], built["server_plugin"], built["agent_metadata"]
         check_server_plugins(self.strategy, self.server_plugins, self.labels)
-        check_run(self.config, components, built, self.data)
+        check_run(self.config, components, built, self.data, self.model)
         self.training = self.strategy.configure_training(self.config.training)
         self.availability, self.devices, self.policy = \
             built["availability"], built["device_profile"], built["round_policy"]
