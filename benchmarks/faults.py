@@ -153,10 +153,15 @@ def kill_at_random(folder: Path, seed: int) -> tuple[Outcome, bool]:
     victim = subprocess.Popen([sys.executable, "-m", "flcore.cli", "run", str(config), "--out",
                                str(folder / "killed"), "--quiet"], cwd=folder, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(seed).uniform(1.0, 6.0))
+    # the delay counts from the run folder's creation: start-up alone can take longer than the
+    # whole run on a loaded machine, and a kill before the folder exists tests nothing
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and victim.poll() is None and not list((folder / "killed").glob("*/config.yaml")):
+        time.sleep(0.05)
+    time.sleep(random.Random(seed).uniform(0.0, 4.0))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    run = next((folder / "killed").iterdir(), None)
+    run = next((folder / "killed").iterdir(), None) if (folder / "killed").is_dir() else None
     if run is None:
         return Outcome(0, "killed before the run folder existed; nothing to resume"), True
     outcome = flcore("run", "--resume", str(run), "--quiet", cwd=folder)
