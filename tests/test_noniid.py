@@ -104,16 +104,23 @@ def test_feddyn_follows_its_update_rule_over_two_rounds_with_agent_and_server_st
     )
 
 
-def test_a_resumed_feddyn_run_equals_a_straight_one(tmp_path):
-    """g_k of agents that sat out rounds and the server's h survive a stop after round 3."""
-    config = full_batch_config({"name": "feddyn", "alpha": 0.05}, agents=6, rounds=5)
-    config["federation"]["sampler"] = {"name": "uniform", "count": 2}
-    config = validate_config(config)
+def straight_and_resumed(config, tmp_path):
+    """A 5-round run, and the same run stopped after round 3 and resumed: their models must agree
+    bit for bit (the method's per-agent and server state survive the checkpoint)."""
     straight = Experiment(config).run(out_dir=tmp_path / "a", progress=False)
     stopped = Experiment(config).run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=3)
     resumed = Experiment(config).run(resume_dir=stopped.run_dir, progress=False)
     for name, value in straight.state_dict.items():
         assert torch.equal(resumed.state_dict[name], value), name
+    return straight, resumed
+
+
+def test_a_resumed_feddyn_run_equals_a_straight_one(tmp_path):
+    """g_k of agents that sat out rounds and the server's h survive a stop after round 3."""
+    config = full_batch_config({"name": "feddyn", "alpha": 0.05}, agents=6, rounds=5)
+    config["federation"]["sampler"] = {"name": "uniform", "count": 2}
+    config = validate_config(config)
+    straight, resumed = straight_and_resumed(config, tmp_path)
     assert [r["test_acc"] for r in resumed.history] == [r["test_acc"] for r in straight.history]
 
 
@@ -246,11 +253,7 @@ def test_a_resumed_qffl_run_equals_a_straight_one(tmp_path):
     config = full_batch_config({"name": "qffl", "q": 1.0}, agents=6, rounds=5)
     config["federation"]["sampler"] = {"name": "uniform", "count": 2}
     config = validate_config(config)
-    straight = Experiment(config).run(out_dir=tmp_path / "a", progress=False)
-    stopped = Experiment(config).run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=3)
-    resumed = Experiment(config).run(resume_dir=stopped.run_dir, progress=False)
-    for name, value in straight.state_dict.items():
-        assert torch.equal(resumed.state_dict[name], value), name
+    straight_and_resumed(config, tmp_path)
 
 
 # ------------------------------------------------------------------------------------ MOON
@@ -344,8 +347,4 @@ def test_a_resumed_moon_run_equals_a_straight_one(tmp_path):
     config = moon_config(agents=6, rounds=5)
     config["federation"]["sampler"] = {"name": "uniform", "count": 2}
     config = validate_config(config)
-    straight = Experiment(config).run(out_dir=tmp_path / "a", progress=False)
-    stopped = Experiment(config).run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=3)
-    resumed = Experiment(config).run(resume_dir=stopped.run_dir, progress=False)
-    for name, value in straight.state_dict.items():
-        assert torch.equal(resumed.state_dict[name], value), name
+    straight_and_resumed(config, tmp_path)
