@@ -196,6 +196,22 @@ def test_the_run_summary_states_epsilon_and_the_guarantee(tmp_path, tiny_config)
     assert "Poisson sampling" in guarantee and "sampler 'uniform'" in guarantee
 
 
+def test_the_report_plots_accuracy_against_epsilon(tmp_path, tiny_config):
+    pytest.importorskip("matplotlib")
+    from flcore import plots
+    from flcore.report import read_run, report
+
+    result = Experiment(dp_config(tiny_config, rounds=2)).run(out_dir=tmp_path / "run", progress=False)
+    page = report([result.run_dir], tmp_path / "report")
+    assert (tmp_path / "report" / "privacy.png").stat().st_size > 0 and "privacy.png" in page.read_text()
+    history = read_run(result.run_dir).history
+    acc_ax, eps_ax = plots.privacy_figure([(history.curve("dp"), history.epsilon())]).axes
+    epsilon = [row["dp_fedavg/epsilon"] for row in result.history]
+    np.testing.assert_allclose(acc_ax.lines[0].get_xdata(), epsilon)
+    np.testing.assert_allclose(acc_ax.lines[0].get_ydata(), [row["test_acc"] for row in result.history])
+    np.testing.assert_allclose(eps_ax.lines[0].get_ydata(), epsilon)
+
+
 @pytest.mark.parametrize(
     "override,message",
     [

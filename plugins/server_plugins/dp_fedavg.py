@@ -160,7 +160,7 @@ class DPFedAvg(ServerPlugin):
             context.log(self, "unclipped_share", share)
 
     def on_round_end(self, context: RoundContext, accepted: Any) -> None:
-        # every round is accounted, even one without an accepted update: whether it had one may depend on data
+        # every round is accounted, even an idle one (docs/privacy.md: the guarantee assumes there is none)
         available = len(context.population) if context.available is None else len(context.available)
         selected = 0 if context.selected is None else len(context.selected)
         self.rates.append(min(1.0, max(self._cohort, selected) / max(available, 1)))
