@@ -67,7 +67,7 @@ def table() -> str:
             accuracy = [a for a, _ in scores]
             epsilon = scores[0][1]
             name = "no DP (plain FedAvg)" if noise is None else f"{noise:g}"
-            shown = "inf" if epsilon == float("inf") else f"{epsilon:.2f}"
+            shown = "no guarantee" if noise is None else f"{epsilon:.2f}"
             lines.append(
                 f"| {name} | {shown} | {statistics.mean(accuracy):.3f} ({min(accuracy):.3f} to {max(accuracy):.3f}) |"
             )
