@@ -212,6 +212,17 @@ def test_the_report_plots_accuracy_against_epsilon(tmp_path, tiny_config):
     np.testing.assert_allclose(eps_ax.lines[0].get_ydata(), epsilon)
 
 
+def test_the_guarantee_claims_no_amplification_when_everyone_takes_part_and_nothing_without_noise():
+    everyone = build("server_plugin", "dp_fedavg", noise_multiplier=1.0, delta=1e-3)
+    everyone.check_run(RunPlan(AGENTS, 2, AGENTS, None, build("sampler", "all")))
+    one_round(everyone, 0, np.ones((AGENTS, 3)), 3)
+    assert everyone.rates == [1.0] and "no amplification by sampling is claimed" in everyone.guarantee()
+    silent = dp_plugin(noise_multiplier=0.0, delta=1e-3)
+    one_round(silent, 0, np.ones((4, 3)), 3)
+    assert silent.epsilon() == math.inf and silent.run_summary()["epsilon"] is None
+    assert silent.guarantee().startswith("No differential privacy")
+
+
 @pytest.mark.parametrize(
     "override,message",
     [
