@@ -68,6 +68,12 @@ class DPFedAvg(ServerPlugin):
     Logs ``dp_fedavg/epsilon`` (at ``delta``, every round), ``clip_norm`` (the round's), ``noise_std``
     and ``clipped_share`` (not private: a simulator's diagnostic), and with adaptive clipping the
     noised ``unclipped_share``. Checkpoints ``C`` and the rounds' sampling rates.
+
+    Guarantee: user-level (epsilon, delta)-differential privacy of the global models (adding or
+    removing all of one agent's data), the Gaussian mechanism on the clipped sum, accounted by
+    dp-accounting's RDP accountant assuming Poisson sampling of agents; the ``uniform`` sampler's
+    fixed-size draw makes that the customary approximation, not a proven bound. summary.json states
+    the run's epsilon in words; docs/privacy.md says where it holds.
     """
 
     Params = DPFedAvgParams
