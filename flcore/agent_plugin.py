@@ -35,9 +35,12 @@ class AgentPlugin(RoundComponent):
     edits) and it does not override :meth:`before_step`. The vectorized backend calls
     :meth:`loss_term` inside ``torch.func.vmap`` with ``agent=None``, and the other steps once per
     agent. Backends ask this declaration; they never test which plugin it is.
+    ``not_vectorizable_because`` says why a plugin is not, for the backend's refusal (FedDyn's
+    loss term reads per-agent state, which the vmapped loss does not receive).
     """
 
     vectorizable: ClassVar[bool] = False
+    not_vectorizable_because: ClassVar[str] = ""
 
     def on_agent_start(self, agent: AgentContext) -> None:
         """Before the agent's first step, with the global weights loaded into ``agent.params``."""

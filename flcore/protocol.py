@@ -239,7 +239,13 @@ class AgentState(Mapping[str, Any]):
 
 @dataclass
 class AgentContext:
-    """What agent-side plugins see while one agent trains."""
+    """What agent-side plugins see while one agent trains.
+
+    ``score()`` returns the configured loss and the accuracy of the weights now in ``params`` on the
+    agent's shard (eval mode, no gradient, no augmentation): called in ``on_agent_start`` it is the
+    global model's loss on the agent's data, which q-FFL weighs agents by. ``None`` where the
+    backend does not offer it (the vectorized one).
+    """
 
     agent_id: int
     round_index: int
@@ -253,6 +259,7 @@ class AgentContext:
     steps: int = 0
     epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    score: Callable[[], dict[str, float]] | None = field(default=None, repr=False)
 
     def send(self, component: Any, key: str, value: Any) -> None:
         """Send ``value`` to the server under ``<component>/<key>`` (in ``AgentResult.extra``)."""
@@ -370,7 +377,9 @@ class RunPlan:
 
     ``cohort`` is the most agents the sampler selects in a round, where it can tell
     (:meth:`flcore.sampling.Sampler.cohort_size`), else ``None``; ``data`` is the run's dataset (an
-    :class:`~flcore.data.ArrayDataModule`: ``num_classes``, ``spec``, ``x_train``, ...); ``sampler``
+    :class:`~flcore.data.ArrayDataModule`: ``num_classes``, ``spec``, ``x_train``, ...); ``model``
+    the run's ``torch.nn.Module`` (check a layer name against ``model.named_modules()``), ``None``
+    where a check runs without building it (a sweep's cells before their first run); ``sampler``
     the run's sampler, to read its declared capabilities (``uniform``) and ``component_name``.
     """
 
@@ -378,4 +387,5 @@ class RunPlan:
     rounds: int
     cohort: int | None
     data: Any
+    model: Any = None
     sampler: Any = None

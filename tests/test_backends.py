@@ -91,7 +91,8 @@ def test_vectorized_runs_fedprox_proximal_term_like_sequential(tmp_path, tiny_co
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aggregator", [{"name": "multikrum", "byzantine": 1}, {"name": "scaffold"}])
+@pytest.mark.parametrize("aggregator", [{"name": "multikrum", "byzantine": 1}, {"name": "scaffold"},
+                                       {"name": "feddyn", "alpha": 0.1}, {"name": "qffl", "q": 1.0}])
 def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_config, aggregator):
     """Two CPU processes (DDP over gloo) train disjoint halves of each round's agents; every result
     is gathered and aggregated in selection order, so the model is bit-identical to one process
@@ -104,8 +105,6 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_c
 
     import yaml
 
-    if aggregator["name"] == "scaffold":
-        pytest.importorskip("flcore_scaffold")
     tiny_config["federation"]["aggregator"] = aggregator
     tiny_config["federation"]["sampler"] = {"name": "uniform", "count": 5}
     config = tmp_path / "c.yaml"

@@ -41,8 +41,8 @@ def _write_femnist(root: Path) -> None:
 
 
 def _overrides(package: str, tmp_path: Path) -> list[str]:
-    if package == "flcore-scaffold":
-        return ["federation.aggregator=scaffold"]
+    if package == "flcore-fedexp":
+        return ["federation.aggregator=fedexp"]
     if package == "flcore-dnc":
         return ["federation.aggregator={name: dnc, byzantine: 1}", "federation.agent_plugins=[{name: min_max, count: 2}]"]
     if package == "flcore-powerofchoice":

@@ -25,7 +25,7 @@ AGENTS, COHORT = 10, 5
 def dp_plugin(**params):
     """A ``dp_fedavg`` plugin checked against a run of 10 agents, 5 selected per round."""
     plugin = build("server_plugin", "dp_fedavg", **params)
-    plugin.check_run(RunPlan(AGENTS, 5, COHORT, None, build("sampler", "uniform", count=COHORT)))
+    plugin.check_run(RunPlan(AGENTS, 5, COHORT, None, sampler=build("sampler", "uniform", count=COHORT)))
     return plugin
 
 
@@ -214,7 +214,7 @@ def test_the_report_plots_accuracy_against_epsilon(tmp_path, tiny_config):
 
 def test_the_guarantee_claims_no_amplification_when_everyone_takes_part_and_nothing_without_noise():
     everyone = build("server_plugin", "dp_fedavg", noise_multiplier=1.0, delta=1e-3)
-    everyone.check_run(RunPlan(AGENTS, 2, AGENTS, None, build("sampler", "all")))
+    everyone.check_run(RunPlan(AGENTS, 2, AGENTS, None, sampler=build("sampler", "all")))
     one_round(everyone, 0, np.ones((AGENTS, 3)), 3)
     assert everyone.rates == [1.0] and "no amplification by sampling is claimed" in everyone.guarantee()
     silent = dp_plugin(noise_multiplier=0.0, delta=1e-3)

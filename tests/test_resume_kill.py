@@ -37,8 +37,6 @@ BACKENDS = {
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_config, backend):
     aggregator, spec, extra, dropout = BACKENDS[backend]
-    if backend == "distributed":
-        pytest.importorskip("flcore_scaffold")  # agent-side state carried across processes
     tiny_config["federation"].update(rounds=40, aggregator=aggregator, backend=spec)
     if dropout:
         tiny_config["model"]["dropout"] = dropout

@@ -361,7 +361,6 @@ def test_strict_refusal_exits_2_from_the_cli(tmp_path, tiny_config):
 
     from flcore.cli import main
 
-    pytest.importorskip("flcore_scaffold")
     tiny_config["federation"].update(aggregator="scaffold", backend=STRICT)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_config))

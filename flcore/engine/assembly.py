@@ -131,12 +131,13 @@ def training_tensors(data: Any, device: Any) -> tuple[Any, Any]:
     return x, y
 
 
-def check_run(config: ExperimentConfig, components: dict[str, Any], built: dict[str, Any], data: Any) -> None:
+def check_run(config: ExperimentConfig, components: dict[str, Any], built: dict[str, Any], data: Any,
+              model: Any = None) -> None:
     """Each round component's :meth:`~flcore.protocol.RoundComponent.check_run` against the run's
     facts, before any round: a ``ValueError`` becomes bad input naming its config section."""
     federation = config.federation
     plan = RunPlan(federation.agents, federation.rounds, built["sampler"].cohort_size(federation.agents), data,
-                   built["sampler"])
+                   model, built["sampler"])
     for kind in ("sampler", "aggregator", "server_plugin", "agent_plugin", "agent_metadata"):
         entries, items = components[kind], built[kind]
         for resolved, item in zip(entries, items) if isinstance(items, list) else [(entries, items)]:

@@ -46,6 +46,7 @@ from flcore.engine.recording import Progress, Recorder, progress_mode
 from flcore.engine.result import RunResult
 from flcore.engine.rundir import RunDirectory, partition_record
 from flcore.engine.state_store import CheckpointStore, config_fingerprint
+from flcore.engine.stepping import place_module
 from flcore.engine.weights import ModelWeights
 from flcore.errors import ConfigError, RunFailure
 from flcore.policy import PolicySetup
@@ -99,7 +100,7 @@ class FederatedRun:
         self.agent_plugins, self.server_plugins, self.metadata = \
             built["agent_plugin"], built["server_plugin"], built["agent_metadata"]
         check_server_plugins(self.strategy, self.server_plugins, self.labels)
-        check_run(self.config, components, built, self.data)
+        check_run(self.config, components, built, self.data, self.model)
         self.training = self.strategy.configure_training(self.config.training)
         self.availability, self.devices, self.policy = \
             built["availability"], built["device_profile"], built["round_policy"]
@@ -115,7 +116,7 @@ class FederatedRun:
         self.streaming = self.strategy.streaming and not self.phase["on_results"]
 
     def _prepare_backend(self, backend: Backend) -> Backend:
-        module = self.fabric.setup_module(self.model)
+        module = place_module(self.fabric, self.model)
         self.module = module
         x, y = training_tensors(self.data, self.fabric.device)
         self.setup = TrainingSetup(self.fabric, self.model, module, x, y, self.data.transform, self.config.seed,

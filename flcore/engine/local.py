@@ -17,6 +17,7 @@ from flcore import seeding
 from flcore.agent_plugin import AgentPlugin
 from flcore.augment import augmentation
 from flcore.backend import TrainingSetup
+from flcore.engine.stepping import Stepper
 from flcore.engine.weights import ModelWeights, flatten
 from flcore.protocol import (
     AgentContext,
@@ -28,7 +29,7 @@ from flcore.protocol import (
     overrides,
     split_like,
 )
-from flcore.training import build_optimizer, compute_loss
+from flcore.training import build_optimizer, compute_loss, per_sample_loss
 
 
 def diverged(loss: float, delta: torch.Tensor) -> bool:
@@ -52,8 +53,8 @@ class LocalTrainer:
 
     def __init__(self, setup: TrainingSetup) -> None:
         self.setup = setup
-        self.fabric = setup.fabric
         self.model = setup.module
+        self.stepper = Stepper(setup.fabric, setup.module)
         self.device = setup.fabric.device
         self.weights = ModelWeights(setup.model)
         self.params = self.weights.params
@@ -94,17 +95,18 @@ class LocalTrainer:
         if n == 0:
             raise AgentFailure("its shard is empty")
         self.weights.load(context.global_vector, context.global_buffers)
-        seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, stream)
+        seeding.seed_torch(setup.seed, seeding.TRAINING, round_index, stream, device=self.device)
         order_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, stream, 1)
         augment_gen = seeding.torch_generator(setup.seed, seeding.TRAINING, round_index, stream, 2)
         lr = context.lr * instruction.lr_scale
         optimizer = build_optimizer(training.optimizer, self.params)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        optimizer = self.fabric.setup_optimizers(optimizer)
+        optimizer = self.stepper.setup_optimizer(optimizer)
         agent = AgentContext(agent_id, round_index, instruction, self.params,
                              split_like(context.global_vector, self.params), lr, n,
-                             AgentState(setup.population, agent_id), model=self.model)
+                             AgentState(setup.population, agent_id), model=self.model,
+                             score=lambda: self.score(shard))
         for plugin in self.starting:
             plugin.on_agent_start(agent)
         batch_size = training.batch_size or n
@@ -134,11 +136,11 @@ class LocalTrainer:
                     if term is not None:
                         objective = objective + term
                 optimizer.zero_grad(set_to_none=True)
-                self.fabric.backward(objective)
+                self.stepper.backward(objective)
                 for plugin in self.stepping:
                     plugin.before_step(agent)
                 if training.grad_clip_norm is not None:
-                    self.fabric.clip_gradients(self.model, optimizer, max_norm=training.grad_clip_norm)
+                    self.stepper.clip(optimizer, training.grad_clip_norm)
                 optimizer.step()
                 agent.steps += 1
                 loss_sum += loss.detach() * len(idx)
@@ -157,6 +159,27 @@ class LocalTrainer:
         result = AgentResult(agent_id, delta, n, {"loss": loss_value}, self.weights.buffer_state(),
                              steps=agent.steps, epochs=len(history), history=history)
         return finish_update(self.finishing, agent, result)
+
+    @torch.no_grad()
+    def score(self, indices: torch.Tensor) -> dict[str, float]:
+        """The configured loss and the accuracy of the current weights on the training samples
+        ``indices``, in eval mode and in batches of ``training.batch_size`` (``AgentContext.score``)."""
+        setup, training = self.setup, self.setup.training
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        batch_size = training.batch_size or max(len(indices), 1)
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            xb = setup.transform(setup.x[idx].to(self.device, non_blocking=True))
+            yb = setup.y[idx].to(self.device, non_blocking=True)
+            logits = self.model(xb).float()
+            loss_sum += per_sample_loss(logits, yb, training).sum().double()
+            correct += (logits.argmax(dim=1) == yb).sum()
+        self.model.train(was_training)
+        n = max(len(indices), 1)
+        return {"loss": float(loss_sum) / n, "acc": float(correct) / n}
 
 
 def finish_update(plugins: list[AgentPlugin], agent: AgentContext, result: AgentResult) -> AgentResult:

@@ -9,3 +9,11 @@ _MODULE = "flcore_plugins.agent_plugins"
 def register_agent_plugins(register):
     register("proximal", f"{_MODULE}.proximal:Proximal",
              "FedProx's proximal term mu/2 * ||w - w_global||^2 in every local step (Li et al. 2020).")
+    register("feddyn_regularizer", f"{_MODULE}.feddyn:FedDynRegularizer",
+             "FedDyn's agent side: -<g_k, w> + alpha/2 * ||w - w_global||^2, g_k kept per agent.")
+    register("qffl_loss", f"{_MODULE}.qffl:QFFLLoss",
+             "q-FFL's agent side: sends the global model's loss on the agent's shard before training.")
+    register("moon", f"{_MODULE}.moon:Moon",
+             "MOON's model-contrastive term toward the global representation (Li et al. 2021).")
+    register("scaffold_correction", f"{_MODULE}.scaffold:ScaffoldCorrection",
+             "SCAFFOLD's agent side: corrects each step by c - c_i and keeps c_i per agent.")

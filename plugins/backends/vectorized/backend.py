@@ -49,7 +49,8 @@ class VectorizedBackend(Backend):
             raise Unsupported(f"runtime.precision '{precision.precision}' (its gradient scaler; use bf16-mixed)")
         for plugin in setup.agent_plugins:
             if not plugin.vectorizable:
-                raise Unsupported(f"agent-side plugin '{plugin.component_name}' does not declare vectorizable")
+                why = f" ({plugin.not_vectorizable_because})" if plugin.not_vectorizable_because else ""
+                raise Unsupported(f"agent-side plugin '{plugin.component_name}' does not declare vectorizable{why}")
         for plugin in plugins_overriding(list(setup.agent_plugins), "before_step"):
             raise Unsupported(f"agent-side plugin '{plugin.component_name}' edits gradients in before_step")
         blocker = blocking_layer(setup.model)

@@ -1,4 +1,4 @@
-"""SCAFFOLD against its definition, through flcore's public testing helpers."""
+"""SCAFFOLD (a built-in since it left contrib) against its definition."""
 
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ def test_first_round_is_fedavg_and_control_variates_follow_option_2(tmp_path):
     c_i = -(y_i - x) / (K lr) and c = |S|/N * mean(c_i)."""
     config = tiny_config(rounds=1, sampler="all", agents=4)
     config["training"] = {"epochs": 1, "batch_size": None, "optimizer": {"name": "sgd", "lr": 0.1}}
-    scaffold = run_tiny_experiment(tmp_path / "s", config | {"federation": config["federation"] | {"aggregator": "scaffold"}})
-    fedavg = run_tiny_experiment(tmp_path / "f", config | {
-        "federation": config["federation"] | {"aggregator": {"name": "fedavg", "weighted": False}}})
+    scaffold = run_tiny_experiment(
+        tmp_path / "s", config | {"federation": config["federation"] | {"aggregator": "scaffold"}}
+    )
+    fedavg = run_tiny_experiment(
+        tmp_path / "f",
+        config | {"federation": config["federation"] | {"aggregator": {"name": "fedavg", "weighted": False}}},
+    )
     for name, value in fedavg.state_dict.items():
         torch.testing.assert_close(scaffold.state_dict[name], value)
     checkpoint = read_checkpoint(scaffold.run_dir)
