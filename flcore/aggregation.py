@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from flcore.protocol import AgentResult, Aggregate, RoundComponent, RoundContext
+from flcore.protocol import AgentResult, Aggregate, RoundComponent, RoundContext, UpdateSum
 
 if TYPE_CHECKING:
     from flcore.config import TrainingConfig
@@ -41,10 +41,14 @@ class Aggregator(RoundComponent):
     - ``mean_based = True``: the next global model is a function of the (weighted) mean of the
       updates alone, so a privacy plugin that clips and noises the mean can account for it; selection
       rules such as Krum are not.
+    - ``sum_based = True``: the mean is a running sum of updates divided by a weight, and the
+      strategy hands that sum out (:meth:`update_sum`) and divides what it gets back, so server
+      plugins can change the sum before the division (:meth:`~flcore.server_plugin.ServerPlugin.process_sum`).
     """
 
     streaming: bool = False
     mean_based: bool = False
+    sum_based: bool = False
 
     def configure_training(self, training: TrainingConfig) -> TrainingConfig:
         """Adjust the run's local training settings once (FedSGD: one full-batch step)."""
@@ -57,6 +61,11 @@ class Aggregator(RoundComponent):
     def aggregate(self, global_vector: torch.Tensor, updates: Sequence[AgentResult], context: RoundContext
                   ) -> torch.Tensor | Aggregate:
         """Return the next global parameter vector (or an :class:`Aggregate` with metrics)."""
+        raise NotImplementedError
+
+    def update_sum(self, updates: Sequence[AgentResult]) -> UpdateSum:
+        """The round's running sum of updates, which :meth:`aggregate` then divides as it stands
+        (``sum_based`` strategies only)."""
         raise NotImplementedError
 
 
@@ -95,11 +104,13 @@ class MeanAggregator(Aggregator):
 
     streaming = True
     mean_based = True
+    sum_based = True
 
     def __init__(self, params) -> None:
         super().__init__(params)
         self._sum: torch.Tensor | None = None
         self._weight = 0.0
+        self._total: UpdateSum | None = None
 
     @property
     def weighted(self) -> bool:
@@ -113,8 +124,19 @@ class MeanAggregator(Aggregator):
             self._sum.add_(update.delta, alpha=weight)
         self._weight += weight
 
+    def update_sum(self, updates: Sequence[AgentResult]) -> UpdateSum:
+        if self._sum is None:  # not streamed: the updates still hold their deltas
+            for update in updates:
+                self.accumulate(update)
+        self._total = UpdateSum(self._sum, self._weight, len(updates))
+        return self._total
+
     def mean_delta(self, updates: Sequence[AgentResult]) -> torch.Tensor:
         """The (weighted) mean update of this round."""
+        total, self._total = self._total, None
+        if total is not None:  # handed out by update_sum, maybe changed by server plugins
+            self._sum, self._weight = None, 0.0
+            return total.vector / total.weight
         if self._sum is None:
             return weighted_mean_delta(updates, self.weighted)
         mean = self._sum.div_(self._weight)

@@ -104,6 +104,28 @@ def virtual_time_figure(curves: Sequence[tuple[Curve, np.ndarray]]) -> Any:
     return fig
 
 
+def privacy_figure(curves: Sequence[tuple[Curve, np.ndarray]]) -> Any:
+    """Test accuracy against the privacy spent (a component's ``epsilon`` column) beside epsilon per
+    round, one line per run: each curve with its epsilon per round."""
+    plt = _pyplot()
+    fig, (acc_ax, eps_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for index, (curve, epsilon) in enumerate(curves):
+        colour, seen = f"C{index % 10}", ~np.isnan(curve.acc) & np.isfinite(epsilon)
+        acc_ax.plot(epsilon[seen], curve.acc[seen], marker=".", color=colour, label=curve.label)
+        finite = np.isfinite(epsilon)
+        eps_ax.plot(curve.step[finite], epsilon[finite], marker=".", color=colour, label=curve.label)
+    acc_ax.set(xlabel="epsilon", ylabel="test accuracy", title="accuracy against privacy spent", ylim=(0, 1))
+    acc_ax.set_xlim(left=0)
+    eps_ax.set(xlabel="round", ylabel="epsilon", title="privacy spent per round")
+    eps_ax.set_ylim(bottom=0)
+    _whole_number_ticks(eps_ax.xaxis)
+    for ax in (acc_ax, eps_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def agents_figure(agent: np.ndarray, round_index: np.ndarray, epoch: np.ndarray, loss: np.ndarray,
                   acc: np.ndarray, shown: int = 3) -> Any:
     """Local loss and accuracy of the most-selected agents over their rounds and epochs (Figure 9)."""

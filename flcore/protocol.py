@@ -134,6 +134,17 @@ class Aggregate:
     kept: dict[int, float] | None = None
 
 
+@dataclass
+class UpdateSum:
+    """A sum-based strategy's running sum before it divides (:attr:`~flcore.aggregation.Aggregator.sum_based`):
+    ``vector`` is ``sum_k w_k delta_k`` over the round's ``count`` accepted updates and ``weight``
+    the denominator the strategy divides it by (``sum_k w_k`` unless a server plugin fixes it)."""
+
+    vector: torch.Tensor
+    weight: float
+    count: int
+
+
 def component_name(component: Any) -> str:
     """The name a component was configured under (the engine sets it), else its class name."""
     return getattr(component, "component_name", None) or type(component).__name__.lower()
@@ -327,6 +338,11 @@ class RoundComponent:
         (Krum's ``byzantine`` too large for the cohort, a backdoor's target outside the classes).
         The run then exits with code 2, naming the component's config section."""
 
+    def run_summary(self) -> dict[str, Any]:
+        """What ``summary.json`` should state about this component when the run ends (a privacy
+        guarantee, its epsilon): JSON values, under ``components`` by checkpoint key (empty: nothing)."""
+        return {}
+
     def run_record(self) -> dict[str, Any]:
         """What a person should find in the run folder about this component once the run is built
         (an attack's malicious agents): JSON values, written to ``records.json`` (empty: nothing)."""
@@ -363,7 +379,8 @@ class RunPlan:
     (:meth:`flcore.sampling.Sampler.cohort_size`), else ``None``; ``data`` is the run's dataset (an
     :class:`~flcore.data.ArrayDataModule`: ``num_classes``, ``spec``, ``x_train``, ...); ``model``
     the run's ``torch.nn.Module`` (check a layer name against ``model.named_modules()``), ``None``
-    where a check runs without building it (a sweep's cells before their first run).
+    where a check runs without building it (a sweep's cells before their first run); ``sampler``
+    the run's sampler, to read its declared capabilities (``uniform``) and ``component_name``.
     """
 
     agents: int
@@ -371,3 +388,4 @@ class RunPlan:
     cohort: int | None
     data: Any
     model: Any = None
+    sampler: Any = None

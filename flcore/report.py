@@ -2,7 +2,8 @@
 
 Reads only the run folder (see docs/outputs.md), so it works on runs from other machines. For one
 run: global metrics per round (Figure 8), the most-selected agents' local curves (Figure 9),
-sampling counts per agent, memory per round (Figure 10), the labels per agent (Figure 6), the
+sampling counts per agent, memory per round (Figure 10), accuracy against epsilon where a component
+reports ``<name>/epsilon`` (differential privacy), the labels per agent (Figure 6), the
 profiler's table (Table 4), the resolved config and the plugin versions. For several runs: their
 global curves overlaid. A sweep folder's report (each setting's mean curve over seeds with its 95%
 confidence band, and the summary table) is :func:`flcore.sweep_summary.sweep_report`, built from the
@@ -32,6 +33,7 @@ from flcore.plots import (
     global_figure,
     memory_figure,
     partition_figure,
+    privacy_figure,
     sampling_figure,
     save_figure,
     virtual_time_figure,
@@ -81,6 +83,11 @@ class History:
     def column(self, name: str) -> np.ndarray:
         return self.columns.get(name, np.full(len(self.step), np.nan))
 
+    def epsilon(self) -> np.ndarray | None:
+        """The privacy spent per round, from a component's ``<name>/epsilon`` column (the first), if any."""
+        name = next((k for k in self.columns if k.endswith("/epsilon")), None)
+        return None if name is None else self.columns[name]
+
     def curve(self, label: str) -> Curve:
         train = self.columns.get("train_loss")
         return Curve(label, self.step, self.column("test_acc"), self.column("test_loss"), train)
@@ -98,8 +105,8 @@ def read_history(files: RunFiles) -> History:
     if step_name not in rows[0]:
         raise UserError(f"{where} lacks the column 'round' (or 'epoch' for a centralized run); its columns are "
                         f"{', '.join(rows[0])}.")
-    plotted = ["test_acc", "test_loss", "train_loss", "virtual_seconds"] + [k for k in rows[0]
-                                                                          if k.startswith("memory/")]
+    plotted = ["test_acc", "test_loss", "train_loss", "virtual_seconds"] + [
+        k for k in rows[0] if k.startswith("memory/") or k.endswith("/epsilon")]
     columns = {name: numbers(rows, name, where) for name in plotted if name in rows[0]}
     return History(step_name, numbers(rows, step_name, where, integer=True), columns)
 
@@ -187,6 +194,11 @@ def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) ->
     if timed:  # a device profile moved the virtual clock
         figures.append(("Accuracy against virtual time and rounds",
                         save_figure(virtual_time_figure(timed), out / "virtual_time.png")))
+    private = [(h.curve(name), h.epsilon()) for name, h in histories
+               if h.epsilon() is not None and np.isfinite(h.epsilon()).any()]
+    if private:  # a privacy component reported epsilon
+        figures.append(("Accuracy against privacy spent (epsilon)",
+                        save_figure(privacy_figure(private), out / "privacy.png")))
     sections: list[str] = []
     if records:
         record = records[0]

@@ -16,7 +16,13 @@ class Sampler(RoundComponent):
     ``available`` holds the sorted ids of the agents that can be chosen this round, or ``None`` when
     every agent can. A sampler that keeps its own state (a round-robin position) returns it from
     :meth:`~flcore.protocol.RoundComponent.state_dict`.
+
+    ``uniform = True`` declares that in every round each available agent is equally likely to be
+    chosen, whatever earlier rounds chose (privacy accounting's sampling rate needs it); a size-weighted
+    or round-robin choice is not.
     """
+
+    uniform: bool = False
 
     def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
                available: np.ndarray | None = None) -> np.ndarray:

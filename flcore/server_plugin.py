@@ -4,6 +4,9 @@ How they compose, for plugins ``[A, B]`` around strategy ``S`` (the middleware o
 
 - each accepted update goes through ``A.process_update`` then ``B.process_update`` before ``S``
   sees it (clipping, norm bounding: streaming strategies still stream);
+- around a strategy that declares ``sum_based`` (FedAvg, FedAdam: they divide a running sum of
+  updates by its weight), the sum goes through ``A.process_sum`` then ``B.process_sum`` before
+  ``S`` divides it (DP-FedAvg's noise on the sum of clipped updates, its fixed denominator);
 - ``S`` aggregates;
 - the aggregate goes through ``B.process_aggregate`` then ``A.process_aggregate`` (noise, a server
   learning-rate wrapper): the plugin listed first is the outermost.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flcore.protocol import AgentResult, Aggregate, RoundComponent, RoundContext
+from flcore.protocol import AgentResult, Aggregate, RoundComponent, RoundContext, UpdateSum
 
 if TYPE_CHECKING:
     import torch
@@ -38,3 +41,7 @@ class ServerPlugin(RoundComponent):
 
     def process_aggregate(self, context: RoundContext, global_vector: torch.Tensor, aggregate: Aggregate) -> None:
         """Change the strategy's aggregate in place (``aggregate.vector``, ``aggregate.metrics``)."""
+
+    def process_sum(self, context: RoundContext, total: UpdateSum) -> None:
+        """Change a ``sum_based`` strategy's sum of updates in place (``total.vector``,
+        ``total.weight``: the denominator) before the strategy divides it."""

@@ -173,16 +173,17 @@ def check_partitioner(name: str, registry: Registry | None = None, agents: int =
     assert np.array_equal(indices, split(1).indices), f"partitioner '{name}' is not deterministic for a seed"
 
 
-def check_server_plugin(name: str, registry: Registry | None = None, strategy: str = "fedavg", **params: Any) -> None:
-    """Wrap ``strategy`` on random updates; check the plugin accepts it, keeps shapes finite, is
-    deterministic for a seed and restores its state."""
+def check_server_plugin(name: str, registry: Registry | None = None, strategy: str = "fedavg",
+                        strategy_params: dict[str, Any] | None = None, **params: Any) -> None:
+    """Wrap ``strategy`` (built with ``strategy_params``) on random updates; check the plugin accepts
+    it, keeps shapes finite, is deterministic for a seed and restores its state."""
     import torch
 
-    from flcore.protocol import Aggregate
+    from flcore.protocol import Aggregate, overrides
     from flcore.server_plugin import ServerPlugin
 
     def one_round(plugin: Any, index: int, start: torch.Tensor) -> torch.Tensor:
-        wrapped = build("aggregator", strategy, registry)
+        wrapped = build("aggregator", strategy, registry, **(strategy_params or {}))
         reason = plugin.check_strategy(wrapped)
         assert reason is None, f"server plugin '{name}' refuses '{strategy}': {reason}"
         context = round_context(index)
@@ -190,7 +191,12 @@ def check_server_plugin(name: str, registry: Registry | None = None, strategy: s
         for update in updates:
             plugin.process_update(context, update)
             assert update.delta.shape == (17,), f"server plugin '{name}' changed an update's shape"
-        aggregate = Aggregate(_vector(wrapped.aggregate(start, _fed(wrapped, updates), context)))
+        fed = _fed(wrapped, updates)
+        if overrides(plugin, "process_sum", ServerPlugin):  # as the engine does, around sum_based strategies
+            total = wrapped.update_sum(fed)
+            plugin.process_sum(context, total)
+            assert total.vector.shape == (17,) and total.weight > 0, f"server plugin '{name}' broke the sum"
+        aggregate = Aggregate(_vector(wrapped.aggregate(start, fed, context)))
         plugin.process_aggregate(context, start, aggregate)
         out = aggregate.vector
         assert out.shape == (17,) and bool(torch.isfinite(out).all()), f"server plugin '{name}' produced {out}"

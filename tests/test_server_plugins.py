@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from flcore import hookimpl
@@ -45,8 +46,18 @@ class _Named(ServerPlugin):
     def process_update(self, context, update):
         ORDER.append(f"{self.component_name}:update")
 
+    def process_sum(self, context, total):
+        ORDER.append(f"{self.component_name}:sum")
+
     def process_aggregate(self, context, global_vector, aggregate):
         ORDER.append(f"{self.component_name}:aggregate")
+
+
+class _HalfStep(ServerPlugin):
+    """Doubles the denominator of the strategy's sum: the mean update is halved."""
+
+    def process_sum(self, context, total):
+        total.weight *= 2
 
 
 class _Plugins:
@@ -55,17 +66,38 @@ class _Plugins:
     def register_server_plugins(register):
         register("outer", _Named, "Test.")
         register("inner", _Named, "Test.")
+        register("half_step", _HalfStep, "Test.")
 
 
 def test_server_plugins_compose_outermost_first(tmp_path, tiny_config):
-    """[outer, inner] around the strategy: each update goes outer then inner, the aggregate inner
-    then outer."""
+    """[outer, inner] around the strategy: each update goes outer then inner, so does the sum of
+    updates (before the strategy divides it), the aggregate inner then outer."""
     tiny_config["federation"].update(rounds=1, sampler={"name": "uniform", "count": 2},
                                      server_plugins=["outer", "inner"])
     ORDER.clear()
     Experiment(validate_config(tiny_config), plugins=[("t", _Plugins)]).run(out_dir=tmp_path)
     assert ORDER == ["outer:update", "inner:update", "outer:update", "inner:update",
-                     "inner:aggregate", "outer:aggregate"]
+                     "outer:sum", "inner:sum", "inner:aggregate", "outer:aggregate"]
+
+
+@pytest.mark.parametrize("attacks", [[], [{"name": "alie", "count": 1}]])
+def test_process_sum_changes_the_sum_the_strategy_divides(tmp_path, tiny_config, attacks):
+    """Doubling the denominator around FedAvg is FedAvg at half the server learning rate, streamed or
+    not (a colluding attack overrides on_results, so the round holds its updates)."""
+    tiny_config["federation"].update(rounds=1, server_plugins=["half_step"], agent_plugins=attacks)
+    halved = Experiment(validate_config(tiny_config), plugins=[("t", _Plugins)]).run(out_dir=tmp_path / "a")
+    tiny_config["federation"].update(server_plugins=[], aggregator={"name": "fedavg", "server_lr": 0.5})
+    plain = Experiment(validate_config(tiny_config)).run(out_dir=tmp_path / "b")
+    for name, value in plain.state_dict.items():
+        torch.testing.assert_close(halved.state_dict[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_plugin_that_changes_the_sum_refuses_a_strategy_without_one(tmp_path, tiny_config):
+    from flcore.errors import ConfigError
+
+    tiny_config["federation"].update(rounds=1, aggregator="fedmedian", server_plugins=["half_step"])
+    with pytest.raises(ConfigError, match=r"cannot wrap aggregator 'fedmedian' .* does not declare sum_based"):
+        Experiment(validate_config(tiny_config), plugins=[("t", _Plugins)]).run(out_dir=tmp_path)
 
 
 def test_a_norm_bound_changes_training_and_reports_what_it_clipped(tmp_path, tiny_config):

@@ -16,8 +16,9 @@ from flcore.agents import AgentField, AgentPopulation
 from flcore.backend import Backend, TrainingSetup, Unsupported
 from flcore.config import ExperimentConfig
 from flcore.errors import ConfigError, RunFailure
-from flcore.protocol import SETUP_STREAM, RoundComponent, RunPlan, component_rng
+from flcore.protocol import SETUP_STREAM, RoundComponent, RunPlan, component_rng, overrides
 from flcore.resolve import Resolved
+from flcore.server_plugin import ServerPlugin
 
 #: per-agent fields the engine itself keeps (sampling.csv, agents_seen)
 ENGINE_FIELDS = (AgentField("selected_count", 0, "int64", "How many rounds the agent was selected in."),)
@@ -97,6 +98,9 @@ def check_server_plugins(strategy: Any, server_plugins: list[Any], labels: dict[
     """Each server-side plugin accepts the strategy it wraps, or the run stops with exit code 2."""
     for plugin in server_plugins:
         reason = plugin.check_strategy(strategy)
+        if not reason and overrides(plugin, "process_sum", ServerPlugin) and not getattr(strategy, "sum_based", False):
+            reason = ("it changes the sum of updates before the strategy divides it, and this strategy does not "
+                      "declare sum_based (it hands out no such sum)")
         if reason:
             raise ConfigError(f"{labels.get(id(plugin))} cannot wrap {labels.get(id(strategy))}: {reason}")
 
@@ -133,7 +137,7 @@ def check_run(config: ExperimentConfig, components: dict[str, Any], built: dict[
     facts, before any round: a ``ValueError`` becomes bad input naming its config section."""
     federation = config.federation
     plan = RunPlan(federation.agents, federation.rounds, built["sampler"].cohort_size(federation.agents), data,
-                   model)
+                   model, built["sampler"])
     for kind in ("sampler", "aggregator", "server_plugin", "agent_plugin", "agent_metadata"):
         entries, items = components[kind], built[kind]
         for resolved, item in zip(entries, items) if isinstance(items, list) else [(entries, items)]:

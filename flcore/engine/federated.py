@@ -109,6 +109,7 @@ class FederatedRun:
                            self.availability, self.devices, self.policy]
         self.phase = {name: [c for c in self.components if overrides(c, name)] for name in PHASES}
         self.updating = [p for p in self.server_plugins if overrides(p, "process_update", ServerPlugin)]
+        self.summing = [p for p in self.server_plugins if overrides(p, "process_sum", ServerPlugin)]
         self.post_aggregating = [p for p in reversed(self.server_plugins)
                                  if overrides(p, "process_aggregate", ServerPlugin)]
         # stream updates into the strategy as agents finish, unless a component must see them all first
@@ -268,6 +269,8 @@ class FederatedRun:
         if not accepted:
             self._note_idle_round(context)
             return
+        if self.summing:
+            self._process_sum(context, accepted)
         out = self.strategy.aggregate(self.global_vector, accepted, context)
         aggregate = out if isinstance(out, Aggregate) else Aggregate(out)
         self._check_vector(aggregate.vector, self.strategy, context)
@@ -282,6 +285,17 @@ class FederatedRun:
             self.global_buffers = average_buffers(self.global_buffers, accepted)
         self.idle_rounds = 0
         self.updated_rounds += 1
+
+    def _process_sum(self, context: RoundContext, accepted: list[AgentResult]) -> None:
+        """The strategy's sum of updates through the server plugins' ``process_sum``, in list order,
+        before the strategy divides it (``check_server_plugins`` made sure it is ``sum_based``)."""
+        total = self.strategy.update_sum(accepted)
+        for plugin in self.summing:
+            plugin.process_sum(context, total)
+            self._check_vector(total.vector, plugin, context)
+            if not (math.isfinite(total.weight) and total.weight > 0):
+                raise RunFailure(f"{self.labels[id(plugin)]} set the denominator of the sum of updates to "
+                                 f"{total.weight!r} in round {context.index + 1}, where a positive number was expected")
 
     def _check_vector(self, vector: Any, component: Any, context: RoundContext) -> None:
         """A strategy or server plugin must return a finite vector shaped like the global model."""
@@ -518,6 +532,8 @@ class FederatedRun:
             "backend": self.backend.component_name,
             "profile": profile,
         }
+        if components := {key: s for key, c in self._stateful().items() if (s := c.run_summary())}:
+            summary["components"] = components
         self.run_dir.write_json("summary.json", summary)
         log_run_artifacts(self.recorder.loggers, self.run_dir.path)
         return summary

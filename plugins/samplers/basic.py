@@ -25,6 +25,7 @@ class UniformSampler(Sampler):
     """``k`` distinct agents, each equally likely."""
 
     Params = CountParams
+    uniform = True
 
     def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
                available: np.ndarray | None = None) -> np.ndarray:
@@ -39,6 +40,8 @@ class UniformSampler(Sampler):
 
 class AllSampler(Sampler):
     """Every agent."""
+
+    uniform = True
 
     def sample(self, population: AgentPopulation, round_index: int, rng: np.random.Generator,
                available: np.ndarray | None = None) -> np.ndarray:
