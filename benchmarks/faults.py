@@ -189,9 +189,12 @@ def second_writer(folder: Path) -> tuple[Outcome, bool]:
 def send(signum: int) -> Callable[[Path], tuple[Outcome, bool]]:
     def case(folder: Path) -> tuple[Outcome, bool]:
         config = write_config(folder, federation__rounds=300)
+        # a terminal's foreground job: SIGINT at its default, even where this script runs in the
+        # background (a shell starts background jobs with SIGINT ignored, and flcore respects that)
         process = subprocess.Popen([sys.executable, "-m", "flcore.cli", "run", str(config), "--out",
                                     str(folder / "runs"), "--quiet"], cwd=folder, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not list((folder / "runs").glob("*/checkpoint.pt")):
             time.sleep(0.05)
