@@ -91,8 +91,10 @@ def test_vectorized_runs_fedprox_proximal_term_like_sequential(tmp_path, tiny_co
 
 
 @pytest.mark.slow
+# q-FFL matched bit for bit here too when it was built (71 s); its F_k travels in result.extra like
+# SCAFFOLD's corrections, so it is left out to keep the suite's time
 @pytest.mark.parametrize("aggregator", [{"name": "multikrum", "byzantine": 1}, {"name": "scaffold"},
-                                       {"name": "feddyn", "alpha": 0.1}, {"name": "qffl", "q": 1.0}])
+                                       {"name": "feddyn", "alpha": 0.1}])
 def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path, tiny_config, aggregator):
     """Two CPU processes (DDP over gloo) train disjoint halves of each round's agents; every result
     is gathered and aggregated in selection order, so the model is bit-identical to one process
