@@ -14,10 +14,11 @@ population's size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from flcore.agent_spill import SpillCache, SpilledField, value_bytes
 from flcore.partition import Partition
 
 
@@ -41,6 +42,7 @@ class AgentPopulation:
         self._objects: dict[str, dict[int, Any]] = {}
         self._fields: dict[str, AgentField] = {}
         self._dirty: dict[str, list[np.ndarray]] = {}
+        self._spill: SpillCache | None = None
         for f in fields:
             self.add_field(f)
 
@@ -62,8 +64,33 @@ class AgentPopulation:
             column.flags.writeable = False
             self._columns[field.name] = column
         else:
-            self._objects[field.name] = {}
+            self._objects[field.name] = self._sparse_store()
         self._dirty[field.name] = []
+
+    def _sparse_store(self, values: dict[int, Any] | None = None) -> dict[int, Any] | SpilledField:
+        if self._spill is None:
+            return dict(values or {})
+        return SpilledField(self._spill, len(self._objects), values)
+
+    # ---------------------------------------------------------------------------- memory policy
+    def spill_to(self, directory: str, budget_bytes: int) -> None:
+        """Keep sparse per-agent values within ``budget_bytes`` of memory, the least recently used
+        ones as files in ``directory`` (emptied now): see :mod:`flcore.agent_spill`."""
+        self._spill = SpillCache(directory, budget_bytes)
+        held = self._objects
+        self._objects = {}
+        for name, values in held.items():
+            self._objects[name] = self._sparse_store(dict(values.items()))
+
+    def close_spill(self) -> None:
+        """Remove the spill folder (the run has ended; its checkpoint journal holds the values)."""
+        if self._spill is not None:
+            self._spill.close()
+
+    @property
+    def spill(self) -> SpillCache | None:
+        """The spill cache, when sparse state is bounded in memory."""
+        return self._spill
 
     def field_names(self) -> list[str]:
         """Every declared field, in declaration order."""
@@ -144,17 +171,12 @@ class AgentPopulation:
     def changes(self) -> dict[str, dict[str, Any]]:
         """The rows written since :meth:`mark_saved`, per field: ``{"agents": ids, "values": ...}``
         (an array for a column, a list for a sparse field)."""
-        out: dict[str, dict[str, Any]] = {}
-        for name, pieces in self._dirty.items():
-            if not pieces:
-                continue
-            agents = np.unique(np.concatenate(pieces))
-            if name in self._columns:
-                values: Any = self._columns[name][agents].copy()
-            else:
-                values = [self._objects[name].get(int(a), self._fields[name].default) for a in agents.tolist()]
-            out[name] = {"agents": agents, "values": values}
-        return out
+        return _merged(self.changes_parts(None))
+
+    def changes_parts(self, max_bytes: int | None) -> Iterator[dict[str, dict[str, Any]]]:
+        """:meth:`changes` in pieces of at most about ``max_bytes`` of sparse values each."""
+        rows = {name: np.unique(np.concatenate(pieces)) for name, pieces in self._dirty.items() if pieces}
+        return self._parts(rows, max_bytes)
 
     def changed_rows(self) -> int:
         """How many (field, agent) rows :meth:`changes` would return, without building them."""
@@ -167,15 +189,50 @@ class AgentPopulation:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every field in full (a checkpoint's base), in the shape of :meth:`changes`."""
-        out: dict[str, dict[str, Any]] = {}
-        for name in self._fields:
+        return _merged(self.snapshot_parts(None))
+
+    def snapshot_parts(self, max_bytes: int | None) -> Iterator[dict[str, dict[str, Any]]]:
+        """:meth:`snapshot` in pieces that each hold at most about ``max_bytes`` of sparse values
+        (the columns come in the first), so that a checkpoint of spilled state never loads it all.
+        Applied in order, the pieces restore the same population as one snapshot."""
+        rows: dict[str, np.ndarray | None] = {
+            name: None if name in self._columns else np.array(sorted(self._objects[name]), dtype=np.int64)
+            for name in self._fields}
+        return self._parts(rows, max_bytes)
+
+    def _parts(self, rows: dict[str, np.ndarray | None], max_bytes: int | None
+               ) -> Iterator[dict[str, dict[str, Any]]]:
+        """The values of ``rows`` (field -> agents, None for a whole column): columns in the first
+        piece, sparse values in pieces of at most about ``max_bytes``, read one at a time."""
+        part: dict[str, dict[str, Any]] = {}
+        for name, agents in rows.items():
             if name in self._columns:
-                out[name] = {"agents": None, "values": self._columns[name].copy()}
-            else:
-                items = sorted(self._objects[name].items())
-                out[name] = {"agents": np.array([a for a, _ in items], dtype=np.int64),
-                             "values": [v for _, v in items]}
-        return out
+                column = self._columns[name]
+                part[name] = {"agents": agents, "values": (column if agents is None else column[agents]).copy()}
+        held = 0
+        for name, agents in rows.items():
+            if name in self._columns:
+                continue
+            store, default = self._objects[name], self._fields[name].default
+            ids: list[int] = []
+            chunk: list[Any] = []
+            for agent in np.asarray(agents).tolist():
+                if agent not in store:
+                    value = default
+                elif isinstance(store, SpilledField):
+                    value = store.peek(agent)
+                else:
+                    value = store[agent]
+                ids.append(agent)
+                chunk.append(value)
+                held += value_bytes(value)
+                if max_bytes is not None and held >= max_bytes:
+                    part[name] = {"agents": np.array(ids, dtype=np.int64), "values": chunk}
+                    yield part
+                    part, ids, chunk, held = {}, [], [], 0
+            if ids or name not in part:
+                part[name] = {"agents": np.array(ids, dtype=np.int64), "values": chunk}
+        yield part
 
     def apply(self, rows: dict[str, dict[str, Any]]) -> None:
         """Write rows from :meth:`snapshot` or :meth:`changes` back (restoring a checkpoint);
@@ -198,6 +255,19 @@ class AgentPopulation:
                     raise ValueError(f"agent field '{name}' is sparse but was stored as a column")
                 for agent, value in zip(np.asarray(agents).tolist(), values):
                     self._objects[name][int(agent)] = value
+
+
+def _merged(parts: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Pieces of :meth:`AgentPopulation._parts` joined into one row set per field."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for name, row in part.items():
+            if name in out:
+                out[name]["agents"] = np.concatenate([out[name]["agents"], row["agents"]])
+                out[name]["values"] = out[name]["values"] + row["values"]
+            else:
+                out[name] = row
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -157,6 +157,9 @@ class FederationConfig(_Section):
     stall_rounds: int = Field(
         3, gt=0, description="The run fails (exit code 1) after this many consecutive rounds in which no update was "
         "accepted (every selected agent skipped or dropped).")
+    agent_state_memory_mb: float = Field(
+        1024.0, gt=0, description="Memory for sparse per-agent state (personal models, control variates); the least "
+        "recently used values beyond it wait in files under the run folder (.agent-state-rank-<k>/) until an agent needs them.")
     buffers: Literal["weighted_mean", "global"] = Field(
         "weighted_mean",
         description="Floating buffers (BatchNorm statistics): sample-weighted mean of the agents', "

@@ -54,6 +54,10 @@ from flcore.protocol import PHASES, AgentResult, AgentStatus, Aggregate, Instruc
 from flcore.server_plugin import ServerPlugin
 from flcore.training import lr_factor
 
+#: the run folder's cache (one per process) of per-agent state beyond federation.agent_state_memory_mb
+#: (flcore.agent_spill); emptied at start and resume, removed at the end
+SPILL_FOLDER = ".agent-state"
+
 
 class FederatedRun:
     """The state of one federated run: its parts, the global model, the records so far."""
@@ -66,6 +70,8 @@ class FederatedRun:
         self.partition = build_partition(config, components, self.data)
         self._build_round_components(components, backend)
         self.population = build_population(self.partition, self.components + [backend], config.seed)
+        self.population.spill_to(str(run_dir.path / f"{SPILL_FOLDER}-rank-{backend.rank}"),
+                                 int(config.federation.agent_state_memory_mb * 2**20))
         self.backend = self._prepare_backend(backend)
         self.weights = ModelWeights(self.model)
         self.global_vector = self.weights.vector()
@@ -529,6 +535,7 @@ class FederatedRun:
             "sessions": self.session,
             "rounds_without_update": self.next_round - self.updated_rounds,
             "setup_seconds": self.setup_seconds,
+            "agent_state": self.population.spill.stats() if self.population.spill else None,
             "backend": self.backend.component_name,
             "profile": profile,
         }
@@ -558,6 +565,7 @@ def run_federated(config: ExperimentConfig, components: dict[str, Any], provenan
     is_main = backend.rank == 0
     run_dir, fresh = _run_folder(config, out_dir, resume_dir, backend)
     lock = RunLock(run_dir.path) if is_main else None
+    run: FederatedRun | None = None
     try:
         if fresh and is_main:
             run_dir.write_config(config_to_dict(config))
@@ -597,6 +605,8 @@ def run_federated(config: ExperimentConfig, components: dict[str, Any], provenan
                 raise RunFailure(_stopped_message(run, str(exc))) from exc
         summary = run.finish()
     finally:
+        if run is not None:
+            run.population.close_spill()
         if lock is not None:
             lock.release()
     state = {k: v.detach().cpu() for k, v in run.model.state_dict().items()}

@@ -5,8 +5,11 @@ state, the metrics so far, and a manifest: the config fingerprint, the agent cou
 parameter shapes, and the per-agent state files (with their SHA-256) to replay in order. Per-agent
 state starts from the defaults the run's components declare; each checkpoint appends one file in
 ``agents/`` with the rows written since the previous checkpoint, so a checkpoint costs what the
-rounds since the last one touched, not the population's size. When the journal holds more rows than
-there are agents, the next checkpoint writes one full snapshot instead and drops the older files.
+rounds since the last one touched, not the population's size. When the change files since the last
+snapshot hold more rows than there are agents, the next checkpoint writes one full snapshot instead
+and drops the older files. Every file holds at most about :data:`PART_BYTES` of sparse values (more
+files when there is more), so state spilled to disk (:mod:`flcore.agent_spill`) is streamed through
+a checkpoint, never loaded whole.
 
 Order of writes: the journal file, then ``checkpoint.pt`` (atomic rename), then the removal of files
 it no longer lists. A kill at any moment leaves either the old or the new checkpoint intact; files
@@ -25,6 +28,8 @@ from flcore.engine.checkpoint import CorruptFile, load_sealed, save_sealed
 
 CHECKPOINT_FORMAT = 2
 JOURNAL = "agents"
+#: sparse per-agent bytes per journal file: spilled state is streamed, never in memory whole
+PART_BYTES = 256 * 2**20
 
 
 def config_fingerprint(config: dict[str, Any], resumable: tuple[str, ...]) -> str:
@@ -60,20 +65,28 @@ class CheckpointStore:
         rows = population.changed_rows()
         journal_rows = sum(entry["rows"] for entry in self.journal)
         if rows and journal_rows + rows > len(population):
-            name = f"snapshot-{round_tag:08d}.pt"
-            digest = save_sealed(_to_torch(population.snapshot()), self.journal_dir / name)
-            journal = [{"name": name, "sha256": digest, "rows": len(population)}]
+            # a snapshot counts 0 rows: what is counted is the change files written since it, so that
+            # after a compaction checkpoints go back to costing the rows a round touched
+            journal = self._write_parts(population.snapshot_parts(PART_BYTES), f"snapshot-{round_tag:08d}", 0)
         elif rows:
-            name = f"changes-{round_tag:08d}.pt"
-            digest = save_sealed(_to_torch(population.changes()), self.journal_dir / name)
-            journal = [entry for entry in self.journal if entry["name"] != name]
-            journal.append({"name": name, "sha256": digest, "rows": rows})
+            prefix = f"changes-{round_tag:08d}"
+            journal = [entry for entry in self.journal if not entry["name"].startswith(prefix)]
+            journal += self._write_parts(population.changes_parts(PART_BYTES), prefix, rows)
         else:
             journal = list(self.journal)
         save_sealed({"format": CHECKPOINT_FORMAT, "manifest": manifest, "journal": journal, "state": state}, self.file)
         population.mark_saved()
         self.journal = journal
         self._remove_unlisted()
+
+    def _write_parts(self, parts: Any, prefix: str, rows: int) -> list[dict[str, Any]]:
+        """Each piece as one sealed file ``<prefix>-<index>.pt``; the first entry carries ``rows``."""
+        entries = []
+        for index, part in enumerate(parts):
+            name = f"{prefix}-{index:05d}.pt"
+            digest = save_sealed(_to_torch(part), self.journal_dir / name)
+            entries.append({"name": name, "sha256": digest, "rows": 0 if index else rows})
+        return entries
 
     # -------------------------------------------------------------------------------- loading
     def load(self) -> dict[str, Any]:
