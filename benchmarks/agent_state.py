@@ -44,6 +44,7 @@ def one_process(args: argparse.Namespace) -> dict:
     population.spill_to(str(folder / ".agent-state-rank-0"), int(args.budget_mb * 2**20))
     store = CheckpointStore(folder / "run")
     rng = np.random.default_rng(0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch, flcore, the population
     started = time.perf_counter()
     for r in range(args.rounds):
         for agent in rng.choice(args.agents, size=args.cohort, replace=False).tolist():
@@ -54,7 +55,7 @@ def one_process(args: argparse.Namespace) -> dict:
             store.save({"round": r + 1}, {"agents": args.agents}, population, round_tag=r + 1)
     seconds = time.perf_counter() - started
     holding = len(population.sparse_items("personal_model")) if args.agents <= 20_000 else None
-    result = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    result = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "start_rss_mb": before,
               "seconds_per_round": seconds / args.rounds,
               "journal_mb": disk_bytes(folder / "run") / 2**20,
               "spill_mb": disk_bytes(folder / ".agent-state-rank-0") / 2**20,
@@ -91,13 +92,16 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"{args.agents:,} agents, {args.rounds:,} rounds of {args.cohort}, {args.floats:,} floats "
           f"({args.floats * 4 / 1024:.0f} KiB) of state each, at most {state_mb:,.0f} MiB in all")
-    print(f"{'policy':<10} {'peak RSS MiB':>13} {'s/round':>9} {'journal MiB':>12} {'spill MiB':>10} "
-          f"{'spilled':>9} {'loaded':>9}")
+    print(f"{'policy':<10} {'start RSS':>10} {'peak RSS':>9} {'growth MiB':>11} {'s/round':>9} {'journal MiB':>12} "
+          f"{'spill MiB':>10} {'spilled':>9} {'loaded':>9}")
     for label, r in results.items():
-        print(f"{label:<10} {r['peak_rss_mb']:>13.0f} {r['seconds_per_round']:>9.4f} {r['journal_mb']:>12.0f} "
-              f"{r['spill_mb']:>10.0f} {r['values_spilled']:>9,} {r['values_loaded']:>9,}")
+        r["growth_mb"] = r["peak_rss_mb"] - r["start_rss_mb"]
+        print(f"{label:<10} {r['start_rss_mb']:>10.0f} {r['peak_rss_mb']:>9.0f} {r['growth_mb']:>11.0f} "
+              f"{r['seconds_per_round']:>9.4f} {r['journal_mb']:>12.0f} {r['spill_mb']:>10.0f} "
+              f"{r['values_spilled']:>9,} {r['values_loaded']:>9,}")
     memory, spilled = results["in memory"], results["spilled"]
-    print(f"peak memory spilled / in memory: {spilled['peak_rss_mb'] / memory['peak_rss_mb']:.3f}; "
+    print(f"memory growth spilled / in memory: {spilled['growth_mb'] / memory['growth_mb']:.3f} "
+          f"(budget {args.budget_mb:.0f} MiB); peak RSS ratio {spilled['peak_rss_mb'] / memory['peak_rss_mb']:.3f}; "
           f"time per round spilled / in memory: {spilled['seconds_per_round'] / memory['seconds_per_round']:.2f}x")
 
 

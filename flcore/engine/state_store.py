@@ -3,13 +3,13 @@
 ``checkpoint.pt`` holds the round to continue from, the global model, every component's server
 state, the metrics so far, and a manifest: the config fingerprint, the agent count, the model's
 parameter shapes, and the per-agent state files (with their SHA-256) to replay in order. Per-agent
-state starts from the defaults the run's components declare; each checkpoint appends one file in
+state starts from the defaults the run's components declare; each checkpoint appends files in
 ``agents/`` with the rows written since the previous checkpoint, so a checkpoint costs what the
 rounds since the last one touched, not the population's size. When the change files since the last
 snapshot hold more rows than there are agents, the next checkpoint writes one full snapshot instead
-and drops the older files. Every file holds at most about :data:`PART_BYTES` of sparse values (more
-files when there is more), so state spilled to disk (:mod:`flcore.agent_spill`) is streamed through
-a checkpoint, never loaded whole.
+and drops the older files. Every file holds at most about :data:`PART_BYTES` of sparse values, or a
+quarter of the spill budget if that is less (more files when there is more), so that state spilled
+to disk (:mod:`flcore.agent_spill`) is streamed through a checkpoint, never loaded whole.
 
 Order of writes: the journal file, then ``checkpoint.pt`` (atomic rename), then the removal of files
 it no longer lists. A kill at any moment leaves either the old or the new checkpoint intact; files
@@ -64,14 +64,16 @@ class CheckpointStore:
         """Checkpoint ``state`` and the population's changes since the last checkpoint."""
         rows = population.changed_rows()
         journal_rows = sum(entry["rows"] for entry in self.journal)
+        # a piece is in memory twice while it is sealed (values, bytes): keep it well within the budget
+        part_bytes = PART_BYTES if population.spill is None else min(PART_BYTES, population.spill.budget // 4)
         if rows and journal_rows + rows > len(population):
             # a snapshot counts 0 rows: what is counted is the change files written since it, so that
             # after a compaction checkpoints go back to costing the rows a round touched
-            journal = self._write_parts(population.snapshot_parts(PART_BYTES), f"snapshot-{round_tag:08d}", 0)
+            journal = self._write_parts(population.snapshot_parts(part_bytes), f"snapshot-{round_tag:08d}", 0)
         elif rows:
             prefix = f"changes-{round_tag:08d}"
             journal = [entry for entry in self.journal if not entry["name"].startswith(prefix)]
-            journal += self._write_parts(population.changes_parts(PART_BYTES), prefix, rows)
+            journal += self._write_parts(population.changes_parts(part_bytes), prefix, rows)
         else:
             journal = list(self.journal)
         save_sealed({"format": CHECKPOINT_FORMAT, "manifest": manifest, "journal": journal, "state": state}, self.file)
