@@ -20,6 +20,11 @@ class Sampler(RoundComponent):
     ``uniform = True`` declares that in every round each available agent is equally likely to be
     chosen, whatever earlier rounds chose (privacy accounting's sampling rate needs it); a size-weighted
     or round-robin choice is not.
+
+    ``inclusion_rate()`` declares Poisson sampling: each available agent is chosen independently of
+    the others with that probability every round (the ``poisson`` sampler); ``None`` (the default)
+    where the choice is not independent, a fixed-size draw say. Privacy accounting reads it to claim
+    exact amplification by subsampling instead of an approximation.
     """
 
     uniform: bool = False
@@ -28,6 +33,11 @@ class Sampler(RoundComponent):
                available: np.ndarray | None = None) -> np.ndarray:
         """Return the ids of the agents that train this round (distinct, any order, all available)."""
         raise NotImplementedError
+
+    def inclusion_rate(self) -> float | None:
+        """The probability that each available agent is chosen, independently of every other agent,
+        in every round, where the sampler draws that way (Poisson sampling); else ``None``."""
+        return None
 
     def cohort_size(self, agents: int) -> int | None:
         """The most agents :meth:`sample` selects in a round out of ``agents``, where it can tell

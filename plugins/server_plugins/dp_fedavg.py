@@ -12,6 +12,7 @@ reports epsilon at ``delta`` every round.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -71,8 +72,9 @@ class DPFedAvg(ServerPlugin):
 
     Guarantee: user-level (epsilon, delta)-differential privacy of the global models (adding or
     removing all of one agent's data), the Gaussian mechanism on the clipped sum, accounted by
-    dp-accounting's RDP accountant assuming Poisson sampling of agents; the ``uniform`` sampler's
-    fixed-size draw makes that the customary approximation, not a proven bound. summary.json states
+    dp-accounting's RDP accountant assuming Poisson sampling of agents: exact with the ``poisson``
+    sampler (any sampler declaring ``inclusion_rate``), whose rate is the accounted one; the
+    ``uniform`` sampler's fixed-size draw makes it the customary approximation, not a proven bound. summary.json states
     the run's epsilon in words; docs/privacy.md says where it holds.
     """
 
@@ -86,6 +88,7 @@ class DPFedAvg(ServerPlugin):
         self._count_noise = 0.0
         self._sum_multiplier = params.noise_multiplier
         self._sampler = ""
+        self._poisson: float | None = None  # the sampler's declared inclusion rate, where it samples that way
         self._seen = self._unclipped = 0
         self._accountant = privacy_accounting.RdpRounds(params.noise_multiplier, params.delta)
 
@@ -121,6 +124,10 @@ class DPFedAvg(ServerPlugin):
                 "(uniform: false), so no single sampling rate bounds every agent's; use 'uniform' or "
                 "'all'"
             )
+        rate = plan.sampler.inclusion_rate() if plan.sampler is not None else None
+        self._poisson = None if rate is None else float(rate)
+        if self._poisson is not None:  # Poisson sampling: the expected cohort is q N, its largest N
+            plan = replace(plan, cohort=p.expected_agents or self._poisson * plan.agents)
         if plan.cohort is None and p.expected_agents is None:
             raise ValueError(
                 "expected_agents is unset and the sampler does not tell how many agents it selects; set expected_agents"
@@ -169,7 +176,10 @@ class DPFedAvg(ServerPlugin):
         # every round is accounted, even an idle one (docs/privacy.md: the guarantee assumes there is none)
         available = len(context.population) if context.available is None else len(context.available)
         selected = 0 if context.selected is None else len(context.selected)
-        self.rates.append(min(1.0, max(self._cohort, selected) / max(available, 1)))
+        if self._poisson is not None:  # each agent in independently at the sampler's rate: exact
+            self.rates.append(self._poisson)
+        else:
+            self.rates.append(min(1.0, max(self._cohort, selected) / max(available, 1)))
         self._seen = self._unclipped = 0
         context.log(self, "epsilon", self.epsilon())
 
@@ -194,6 +204,8 @@ class DPFedAvg(ServerPlugin):
             f"{sampler}selects a fixed number of agents without replacement instead, for which the Poisson "
             "figure is the customary approximation (as in McMahan et al. 2018), not a proven bound"
         )
+        if self._poisson is not None:
+            sampling = f"{sampler}draws agents that way (Poisson sampling (exact)), so the figure is not an approximation"
         if rates == [1.0]:
             sampling = "every agent takes part in every round here, so no amplification by sampling is claimed"
         return (
