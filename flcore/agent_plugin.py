@@ -3,10 +3,18 @@
 The per-agent lifecycle, in order, for every agent a backend trains:
 
 1. :meth:`AgentPlugin.on_agent_start` once, with the global weights loaded;
-2. per batch: :meth:`AgentPlugin.transform_batch` (data poisoning, augmentation), then the loss plus
-   every plugin's :meth:`AgentPlugin.loss_term` (FedProx's proximal term), backward, then
+2. per epoch, the batches: a shuffled pass in batches of ``training.batch_size``, unless a plugin
+   supplies them with :meth:`AgentPlugin.epoch_batches` (DP-SGD's Poisson-sampled batches);
+3. per batch: :meth:`AgentPlugin.transform_batch` (data poisoning, augmentation), then the loss plus
+   every plugin's :meth:`AgentPlugin.loss_term` (FedProx's proximal term) and backward, unless a
+   plugin computes the gradient itself with :meth:`AgentPlugin.compute_gradients` (DP-SGD's
+   clipped, noised per-sample gradients; the loss terms' gradients are added after it), then
    :meth:`AgentPlugin.before_step` (SCAFFOLD's gradient correction), then the optimizer step;
-3. :meth:`AgentPlugin.on_update` once, with the finished update (clip it, attack it, compress it).
+4. :meth:`AgentPlugin.on_update` once, with the finished update (clip it, attack it, compress it).
+
+At most one plugin of a run may implement :meth:`~AgentPlugin.epoch_batches`, and at most one
+:meth:`~AgentPlugin.compute_gradients`; the engine calls either only where a plugin implements it,
+so the plain loop is unchanged otherwise.
 
 Plugins compose as an ordered list (``federation.agent_plugins``); a strategy's required plugins come
 first. Per-agent state is declared with :meth:`~flcore.protocol.RoundComponent.state_fields` and read
@@ -19,7 +27,7 @@ chooses its malicious agents in ``setup`` and colluding attackers read the round
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 from flcore.protocol import AgentContext, AgentResult, RoundComponent
 
@@ -55,6 +63,23 @@ class AgentPlugin(RoundComponent):
         """A term added to the batch loss; ``params`` and ``global_params`` are the trainable
         parameters and the round's global values, shaped alike."""
         return None
+
+    def epoch_batches(self, agent: AgentContext, n: int, batch_size: int, generator: torch.Generator
+                      ) -> Iterable[torch.Tensor]:
+        """The batches of one epoch, as positions in ``range(n)`` into the agent's shard (a batch may
+        be empty), drawn with ``generator`` (seeded per agent and round); the default, when no plugin
+        implements it, is a random permutation cut into batches of ``batch_size``."""
+        raise NotImplementedError
+
+    def compute_gradients(self, agent: AgentContext, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace the batch's forward and backward: set ``p.grad`` of every tensor in
+        ``agent.params`` (the trainable parameters of ``model``, the bare module) and return the
+        batch's per-sample losses and logits, detached, for the epoch's loss and accuracy.
+        ``loss(logits, y)`` is the configured loss of each sample. Random draws use torch's global
+        generator, which the engine seeds per agent and round."""
+        raise NotImplementedError
 
     def before_step(self, agent: AgentContext) -> None:
         """After backward, before the optimizer step; may edit ``p.grad`` of ``agent.params``."""

@@ -348,6 +348,12 @@ class RoundComponent:
         (an attack's malicious agents): JSON values, written to ``records.json`` (empty: nothing)."""
         return {}
 
+    def stop_reason(self, next_round: int) -> str | None:
+        """Before each round (0-based ``next_round``): a reason to end the run here, successfully
+        (exit 0, the reason in summary.json), such as a privacy budget that the round could exceed;
+        ``None`` to go on."""
+        return None
+
     def narrow_selection(self, context: RoundContext, selected: np.ndarray) -> np.ndarray:
         """Select phase, after the sampler: return the agents that actually start this round, a
         subset of ``selected`` in its order (an asynchronous policy starts only as many as it has
@@ -355,7 +361,8 @@ class RoundComponent:
         return selected
 
 
-PHASES = ("setup", "availability", "configure_round", "on_results", "on_round_end", "on_evaluate", "narrow_selection")
+PHASES = ("setup", "availability", "configure_round", "on_results", "on_round_end", "on_evaluate", "narrow_selection",
+          "stop_reason")
 
 
 def overrides(component: Any, method: str, base: type = RoundComponent) -> bool:
@@ -380,7 +387,9 @@ class RunPlan:
     :class:`~flcore.data.ArrayDataModule`: ``num_classes``, ``spec``, ``x_train``, ...); ``model``
     the run's ``torch.nn.Module`` (check a layer name against ``model.named_modules()``), ``None``
     where a check runs without building it (a sweep's cells before their first run); ``sampler``
-    the run's sampler, to read its declared capabilities (``uniform``) and ``component_name``.
+    the run's sampler, to read its declared capabilities (``uniform``) and ``component_name``;
+    ``training`` the run's ``training`` section (``batch_size``, ``epochs``, ``max_steps``), ``None``
+    where a check runs without one.
     """
 
     agents: int
@@ -389,3 +398,4 @@ class RunPlan:
     data: Any
     model: Any = None
     sampler: Any = None
+    training: Any = None

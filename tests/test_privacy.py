@@ -240,6 +240,11 @@ def test_the_guarantee_claims_no_amplification_when_everyone_takes_part_and_noth
         ("federation.aggregator=fedavg", r"cannot wrap aggregator 'fedavg'.*'weighted: false'"),
         ("federation.sampler={name: weighted, count: 4}", r"sampler 'weighted' does not choose agents uniformly"),
         ("federation.server_plugins=[{name: dp_fedavg, target_quantile: 0.5, count_noise: 0.2}]", r"count_noise = 0.2"),
+        (
+            "federation.server_plugins=[{name: dp_fedavg, noise_multiplier: 1, target_epsilon: 3}]",
+            r"'federation.server_plugins\[0\]' = .*noise_multiplier and target_epsilon are mutually exclusive",
+        ),
+        ("federation.server_plugins=[{name: dp_fedavg, max_epsilon: 0}]", r"'federation.server_plugins\[0\].max_epsilon' = 0"),
     ],
 )
 def test_bad_privacy_input_exits_2_naming_the_field(tmp_path, override, message):

@@ -137,7 +137,7 @@ def check_run(config: ExperimentConfig, components: dict[str, Any], built: dict[
     facts, before any round: a ``ValueError`` becomes bad input naming its config section."""
     federation = config.federation
     plan = RunPlan(federation.agents, federation.rounds, built["sampler"].cohort_size(federation.agents), data,
-                   model, built["sampler"])
+                   model, built["sampler"], config.training)
     for kind in ("sampler", "aggregator", "server_plugin", "agent_plugin", "agent_metadata"):
         entries, items = components[kind], built[kind]
         for resolved, item in zip(entries, items) if isinstance(items, list) else [(entries, items)]:

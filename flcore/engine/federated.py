@@ -93,6 +93,7 @@ class FederatedRun:
         self.session_started = time.perf_counter()
         self.setup_seconds = 0.0
         self._agent_log_step = 0
+        self.stopped: dict[str, Any] | None = None  # why a component ended the run early (stop_reason)
 
     def start_recording(self) -> None:
         """Open the loggers and profiler (after a resume, so that they know the session)."""
@@ -504,12 +505,28 @@ class FederatedRun:
         shown = Progress(progress if self.is_main else "off", self.federation.rounds, self.next_round)
         try:
             for r in rounds:
+                if self._stop_before(r):
+                    break
                 shown.update(self.run_round(r))
         finally:
             shown.close()
         if self.next_round == self.federation.rounds and self.updated_rounds == 0:
             raise RunFailure(f"no update was accepted in any of the {self.next_round} rounds: every selected agent "
                              "failed or was dropped, so the model is the initial one.")
+
+    def _stop_before(self, r: int) -> bool:
+        """Whether a component ends the run before round ``r`` (``stop_reason``): a successful end,
+        recorded in summary.json, with the checkpoint of the rounds run so far written."""
+        for component in self.phase["stop_reason"]:
+            if reason := component.stop_reason(r):
+                self.stopped = {"before_round": r + 1, "by": self.labels.get(id(component), component.component_name),
+                                "reason": reason}
+                if self.checkpointed_round != self.next_round:
+                    self.checkpoint()
+                if self.is_main:
+                    print(f"stopped before round {r + 1} of {self.federation.rounds}: {reason}", file=sys.stderr)
+                return True
+        return False
 
     def finish(self) -> dict[str, Any]:
         """Write the final model, sampling counts, profiler summary and summary.json (rank 0)."""
@@ -539,6 +556,8 @@ class FederatedRun:
             "backend": self.backend.component_name,
             "profile": profile,
         }
+        if self.stopped is not None:
+            summary["stop"] = {**self.stopped, "successful": True}
         if components := {key: s for key, c in self._stateful().items() if (s := c.run_summary())}:
             summary["components"] = components
         self.run_dir.write_json("summary.json", summary)

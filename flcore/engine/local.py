@@ -65,6 +65,9 @@ class LocalTrainer:
         self.penalizing = plugins_overriding(plugins, "loss_term")
         self.stepping = plugins_overriding(plugins, "before_step")
         self.finishing = plugins_overriding(plugins, "on_update")
+        # at most one plugin may choose the batches or compute the gradient (DP-SGD does both)
+        self.batches = only_one(plugins_overriding(plugins, "epoch_batches"), "epoch_batches")
+        self.gradient = only_one(plugins_overriding(plugins, "compute_gradients"), "compute_gradients")
 
     def run(self, context: RoundContext, instruction: Instruction) -> AgentResult:
         """Train one agent; a raise or a divergence becomes a failed result (never propagates)."""
@@ -115,12 +118,15 @@ class LocalTrainer:
         loss_value, history = float("nan"), []
         for epoch in range(instruction.epochs):
             agent.epoch = epoch
-            order = shard[torch.randperm(n, generator=order_gen)]
+            if self.batches is None:
+                order = shard[torch.randperm(n, generator=order_gen)]
+                batches = (order[start : start + batch_size] for start in range(0, n, batch_size))
+            else:
+                batches = (shard[p] for p in self.batches.epoch_batches(agent, n, batch_size, order_gen))
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
             seen = 0
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
+            for idx in batches:
                 xb = setup.x[idx].to(self.device, non_blocking=True)
                 if self.augment is not None:
                     xb = self.augment(xb, augment_gen)
@@ -128,27 +134,35 @@ class LocalTrainer:
                 yb = setup.y[idx].to(self.device, non_blocking=True)
                 for plugin in self.batching:
                     xb, yb = plugin.transform_batch(agent, xb, yb)
-                logits = self.model(xb)
-                loss = compute_loss(logits, yb, training)
-                objective = loss
-                for plugin in self.penalizing:
-                    term = plugin.loss_term(agent, self.params, agent.global_params)
-                    if term is not None:
-                        objective = objective + term
-                optimizer.zero_grad(set_to_none=True)
-                self.stepper.backward(objective)
+                if self.gradient is None:
+                    logits = self.model(xb)
+                    loss = compute_loss(logits, yb, training)
+                    objective = loss
+                    for plugin in self.penalizing:
+                        term = plugin.loss_term(agent, self.params, agent.global_params)
+                        if term is not None:
+                            objective = objective + term
+                    optimizer.zero_grad(set_to_none=True)
+                    self.stepper.backward(objective)
+                    batch_loss = loss.detach() * len(idx)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    losses, logits = self.gradient.compute_gradients(
+                        agent, self.setup.model, xb, yb, lambda out, target: per_sample_loss(out, target, training))
+                    self._add_loss_terms(agent)
+                    batch_loss = losses.detach().sum()
                 for plugin in self.stepping:
                     plugin.before_step(agent)
                 if training.grad_clip_norm is not None:
                     self.stepper.clip(optimizer, training.grad_clip_norm)
                 optimizer.step()
                 agent.steps += 1
-                loss_sum += loss.detach() * len(idx)
+                loss_sum += batch_loss
                 correct += (logits.detach().argmax(dim=1) == yb).sum()
                 seen += len(idx)
                 if max_steps is not None and agent.steps >= max_steps:
                     break
-            loss_value = float(loss_sum) / seen
+            loss_value = float(loss_sum) / max(seen, 1)  # a plugin's batches may all be empty
             history.append({"agent": agent_id, "round": round_index, "epoch": epoch,
                             "loss": loss_value, "acc": float(correct) / seen, "samples": seen})
             if max_steps is not None and agent.steps >= max_steps:
@@ -159,6 +173,12 @@ class LocalTrainer:
         result = AgentResult(agent_id, delta, n, {"loss": loss_value}, self.weights.buffer_state(),
                              steps=agent.steps, epochs=len(history), history=history)
         return finish_update(self.finishing, agent, result)
+
+    def _add_loss_terms(self, agent: AgentContext) -> None:
+        """The loss terms' gradients added to a plugin's (they do not depend on the batch)."""
+        terms = [t for p in self.penalizing if (t := p.loss_term(agent, self.params, agent.global_params)) is not None]
+        if terms:
+            self.stepper.backward(sum(terms))
 
     @torch.no_grad()
     def score(self, indices: torch.Tensor) -> dict[str, float]:
@@ -180,6 +200,16 @@ class LocalTrainer:
         self.model.train(was_training)
         n = max(len(indices), 1)
         return {"loss": float(loss_sum) / n, "acc": float(correct) / n}
+
+
+def only_one(plugins: list[AgentPlugin], method: str) -> AgentPlugin | None:
+    """The one plugin implementing ``method``, or ``None``; two cannot both do it."""
+    if len(plugins) > 1:
+        from flcore.errors import ConfigError
+
+        names = ", ".join(getattr(p, "component_name", "") or type(p).__name__ for p in plugins)
+        raise ConfigError(f"federation.agent_plugins: {names} each implement {method}; at most one of them may be listed")
+    return plugins[0] if plugins else None
 
 
 def finish_update(plugins: list[AgentPlugin], agent: AgentContext, result: AgentResult) -> AgentResult:

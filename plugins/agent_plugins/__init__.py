@@ -17,3 +17,5 @@ def register_agent_plugins(register):
              "MOON's model-contrastive term toward the global representation (Li et al. 2021).")
     register("scaffold_correction", f"{_MODULE}.scaffold:ScaffoldCorrection",
              "SCAFFOLD's agent side: corrects each step by c - c_i and keeps c_i per agent.")
+    register("dp_sgd", f"{_MODULE}.dp_sgd:DPSGD",
+             "Sample-level DP-SGD: Poisson batches, clipped per-sample gradients, Gaussian noise, epsilon per agent.")

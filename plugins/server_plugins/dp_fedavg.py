@@ -6,17 +6,19 @@ Each round: every accepted update is clipped to L2 norm ``C``; Gaussian noise of
 expected number of selected agents, so that dropped agents do not change the noise's scale and the
 mean is unbiased (the paper's ``f_f`` estimator). With ``target_quantile`` set, ``C`` follows that
 quantile of the update norms (:mod:`.quantile_clipping`). The accountant (:mod:`.privacy_accounting`)
-reports epsilon at ``delta`` every round.
+reports epsilon at ``delta`` every round; ``target_epsilon`` calibrates ``z`` to the planned rounds
+before round 1, and ``max_epsilon`` ends the run before a round that would exceed it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flcore.aggregation import Aggregator
 from flcore.params import ComponentParams
@@ -34,11 +36,22 @@ class DPFedAvgParams(ComponentParams):
         gt=0,
         description="C: each agent's update is scaled to L2 norm at most C (the initial C with adaptive clipping).",
     )
-    noise_multiplier: float = Field(
-        1.0,
+    noise_multiplier: float | None = Field(
+        None,
         ge=0,
         description="z: the sum of clipped updates gets Gaussian noise of "
-        "standard deviation z * C per coordinate; 0 for none (and no privacy).",
+        "standard deviation z * C per coordinate; 0 for none (and no privacy). Default 1.0 unless target_epsilon is set.",
+    )
+    target_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="Calibrate z before round 1 so that epsilon after the planned rounds is at most this "
+        "(instead of noise_multiplier).",
+    )
+    max_epsilon: float | None = Field(
+        None,
+        gt=0,
+        description="A budget: the run ends, successfully, before a round that would take epsilon above it.",
     )
     delta: float = Field(1e-5, gt=0, lt=1, description="The delta at which epsilon is reported; below 1 / agents.")
     expected_agents: float | None = Field(
@@ -60,6 +73,16 @@ class DPFedAvgParams(ComponentParams):
         description="sigma_b: the noise on the count of unclipped "
         "updates (default: expected agents / 20, the paper's choice).",
     )
+
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> DPFedAvgParams:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError(
+                "noise_multiplier and target_epsilon are mutually exclusive: set one (target_epsilon "
+                "calibrates the noise multiplier)"
+            )
+        return self
 
 
 class DPFedAvg(ServerPlugin):
@@ -86,11 +109,15 @@ class DPFedAvg(ServerPlugin):
         self.rates: list[float] = []  # each accounted round's sampling rate
         self._cohort = self._expected = 1.0
         self._count_noise = 0.0
-        self._sum_multiplier = params.noise_multiplier
+        self.noise_multiplier = params.noise_multiplier if params.noise_multiplier is not None else 1.0
+        self.calibrated = False
+        self._sum_multiplier = self.noise_multiplier
+        self._stopped: str | None = None
         self._sampler = ""
+        self._agents = 1
         self._poisson: float | None = None  # the sampler's declared inclusion rate, where it samples that way
         self._seen = self._unclipped = 0
-        self._accountant = privacy_accounting.RdpRounds(params.noise_multiplier, params.delta)
+        self._accountant = privacy_accounting.RdpRounds(self.noise_multiplier, params.delta)
 
     @property
     def adaptive(self) -> bool:
@@ -135,9 +162,40 @@ class DPFedAvg(ServerPlugin):
         self._cohort = float(plan.cohort if plan.cohort is not None else p.expected_agents)
         self._expected = float(p.expected_agents if p.expected_agents is not None else self._cohort)
         self._sampler = getattr(plan.sampler, "component_name", "") or ""
+        self._agents, self._planned_rounds = plan.agents, plan.rounds
+        if p.target_epsilon is not None:
+            self.noise_multiplier = privacy_accounting.calibrate_noise(
+                p.target_epsilon, p.delta, [(self._planned_rate(plan.agents), plan.rounds)]
+            )
+            self.calibrated = True
+            self._sum_multiplier = self.noise_multiplier
+            self._accountant = privacy_accounting.RdpRounds(self.noise_multiplier, p.delta)
+            logging.getLogger(__name__).info(
+                "dp_fedavg: noise multiplier %.6g calibrated to reach epsilon %g at delta %g after %d rounds",
+                self.noise_multiplier, p.target_epsilon, p.delta, plan.rounds,
+            )
         if self.adaptive:
             self._count_noise = p.count_noise if p.count_noise is not None else self._expected / 20
-            self._sum_multiplier = quantile_clipping.delta_noise_multiplier(p.noise_multiplier, self._count_noise)
+            self._sum_multiplier = quantile_clipping.delta_noise_multiplier(self.noise_multiplier, self._count_noise)
+
+    def _planned_rate(self, agents: int) -> float:
+        """The sampling rate a round is expected to have: the sampler's, or its cohort over the agents."""
+        return self._poisson if self._poisson is not None else min(1.0, self._cohort / max(agents, 1))
+
+    def stop_reason(self, next_round: int) -> str | None:
+        budget = self.params.max_epsilon
+        if budget is None:
+            return None
+        # availability can raise a round's rate after selection: allow for the largest one seen so far
+        rate = max([self._planned_rate(self._agents), *self.rates])
+        ahead = self._accountant.epsilon([*self.rates, rate])
+        if ahead > budget:
+            self._stopped = (
+                f"dp_fedavg's privacy budget max_epsilon = {budget:g}: round {next_round + 1} would take epsilon to "
+                f"{ahead:.4g} (it is {self.epsilon():.4g} after {len(self.rates)} rounds)"
+            )
+            return self._stopped
+        return None
 
     def process_update(self, context: RoundContext, update: AgentResult) -> None:
         norm = float(update.delta.norm())
@@ -192,12 +250,18 @@ class DPFedAvg(ServerPlugin):
         p, eps = self.params, self.epsilon()
         rates = sorted(set(self.rates)) or [self._cohort]
         rate = f"{rates[0]:.4g}" if len(rates) == 1 else f"{rates[0]:.4g} to {rates[-1]:.4g}"
-        if p.noise_multiplier == 0:
+        if self.noise_multiplier == 0:
             return "No differential privacy: noise_multiplier is 0, so the clipped updates are released as they are."
         clip = (
             f"clipped to L2 norm {p.clip_norm:g}"
             if not self.adaptive
             else (f"clipped to an adaptive L2 norm (quantile {p.target_quantile:g}, now {self.clip_norm:.4g})")
+        )
+        calibrated = (
+            f" (calibrated before round 1 to reach target_epsilon = {p.target_epsilon:g} in "
+            f"{self._planned_rounds} rounds)"
+            if self.calibrated
+            else ""
         )
         sampler = f"This run's sampler '{self._sampler}' " if self._sampler else "This run's sampler "
         sampling = (
@@ -205,13 +269,13 @@ class DPFedAvg(ServerPlugin):
             "figure is the customary approximation (as in McMahan et al. 2018), not a proven bound"
         )
         if self._poisson is not None:
-            sampling = f"{sampler}draws agents that way (Poisson sampling (exact)), so the figure is not an approximation"
+            sampling = f"{sampler}selects agents exactly that way (Poisson sampling (exact)), so the figure is a bound"
         if rates == [1.0]:
             sampling = "every agent takes part in every round here, so no amplification by sampling is claimed"
         return (
             f"User-level ({eps:.4g}, {p.delta:g})-differential privacy of the sequence of global models over "
             f"{len(self.rates)} rounds, for adding or removing all of one agent's data: the Gaussian mechanism "
-            f"with noise multiplier {p.noise_multiplier:g} on the sum of updates {clip}, accounted by the RDP "
+            f"with noise multiplier {self.noise_multiplier:.6g}{calibrated} on the sum of updates {clip}, accounted by the RDP "
             f"accountant of dp-accounting {privacy_accounting.library_version()} assuming each agent is selected "
             f"independently (Poisson sampling) at rate {rate} per round. "
             f"{sampling}. It assumes a trusted server and treats the strategy's step as post-processing."
@@ -222,11 +286,13 @@ class DPFedAvg(ServerPlugin):
         return {
             "epsilon": eps if math.isfinite(eps) else None,
             "delta": self.params.delta,
-            "noise_multiplier": self.params.noise_multiplier,
+            "noise_multiplier": self.noise_multiplier,
+            "calibrated_noise_multiplier": self.calibrated,
             "rounds_accounted": len(self.rates),
             "clip_norm": self.clip_norm,
             "accountant": "dp-accounting RDP",
             "guarantee": self.guarantee(),
+            **({"stopped": self._stopped} if self._stopped else {}),
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""The privacy accountant behind ``dp_fedavg``: Google's ``dp-accounting`` RDP accountant, never a
-hand-written formula.
+"""The privacy accountant behind ``dp_fedavg`` and ``dp_sgd``: Google's ``dp-accounting`` RDP
+accountant, never a hand-written formula.
 
-Each round is ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``, ``q`` the round's sampling rate.
+Each round (each local step, for DP-SGD) is ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``, ``q``
+its sampling rate. :func:`calibrate_noise` finds the noise multiplier for a target epsilon by
+bisection with the same accountant.
 The library's costly step, one such event's RDP curve, is computed once per rate; rounds compose by
 adding curves (RDP's composition, as the library's accountant does) and the library converts the
 total to epsilon. Epsilon is recomputed from the list of the rounds' rates, so a resumed run, which
@@ -14,7 +16,7 @@ import logging
 import math
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -82,11 +84,60 @@ class RdpRounds:
 
     def epsilon(self, rates: Sequence[float]) -> float:
         """Epsilon after one round at each sampling rate in ``rates`` (``inf`` without noise)."""
-        if not rates:
+        return self.epsilon_of(Counter(rates))
+
+    def epsilon_of(self, counts: Mapping[float, int]) -> float:
+        """Epsilon after ``count`` steps at each sampling rate (``inf`` without noise)."""
+        counts = {rate: count for rate, count in counts.items() if count > 0}
+        if not counts:
             return 0.0
         if self.noise_multiplier == 0:
             return math.inf
-        total = sum(count * self._curve(rate) for rate, count in sorted(Counter(rates).items()))
+        total = sum(count * self._curve(rate) for rate, count in sorted(counts.items()))
         from dp_accounting.rdp.rdp_privacy_accountant import compute_epsilon
 
         return float(compute_epsilon(self._orders, total, self.delta)[0])
+
+    def worst_epsilon(self, groups: Iterable[tuple[float, int]]) -> float:
+        """The largest epsilon among several parties, each ``(rate, steps)``: DP-SGD's worst agent."""
+        return max((self.epsilon_of({rate: steps}) for rate, steps in dominant(groups)), default=0.0)
+
+
+def dominant(groups: Iterable[tuple[float, int]]) -> list[tuple[float, int]]:
+    """The ``(rate, steps)`` pairs no other pair matches or exceeds in both (epsilon grows with
+    each), so the worst party is among them; one pair per rate, the most steps."""
+    most: dict[float, int] = {}
+    for rate, steps in groups:
+        if steps > 0:
+            most[float(rate)] = max(int(steps), most.get(float(rate), 0))
+    kept, best = [], -1
+    for rate in sorted(most, reverse=True):  # from the highest rate down, keep a pair with more steps
+        if most[rate] > best:
+            kept.append((rate, most[rate]))
+            best = most[rate]
+    return kept
+
+
+def calibrate_noise(target_epsilon: float, delta: float, groups: Sequence[tuple[float, int]],
+                    tolerance: float = 1e-4) -> float:
+    """The smallest noise multiplier, within ``tolerance`` relative, whose worst epsilon over
+    ``groups`` (``(rate, steps)`` pairs) is at most ``target_epsilon``: a bisection with the
+    accountant, as Opacus' ``get_noise_multiplier`` does. Raises ``ValueError`` when no multiplier
+    up to 10,000 reaches the target."""
+    groups = dominant(groups)
+    if not groups:
+        raise ValueError("there are no steps to account for, so no noise multiplier can be calibrated")
+
+    def fits(z: float) -> bool:
+        return RdpRounds(z, delta).worst_epsilon(groups) <= target_epsilon
+
+    low, high = 0.0, 1.0
+    while not fits(high):
+        low, high = high, high * 2
+        if high > 1e4:
+            raise ValueError(f"target_epsilon = {target_epsilon} is out of reach: even a noise multiplier of 10,000 "
+                             f"spends more over the planned steps at delta = {delta}")
+    while high - low > tolerance * high:
+        middle = (low + high) / 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
