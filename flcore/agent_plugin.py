@@ -40,7 +40,8 @@ class AgentPlugin(RoundComponent):
 
     ``vectorizable = True`` declares that the plugin runs under the vectorized backend: its
     :meth:`loss_term` is a pure function of the parameters (no reads of ``p.grad``, no in-place
-    edits) and it does not override :meth:`before_step`. The vectorized backend calls
+    edits) and it does not override :meth:`before_step`, :meth:`epoch_batches` or
+    :meth:`compute_gradients`. The vectorized backend calls
     :meth:`loss_term` inside ``torch.func.vmap`` with ``agent=None``, and the other steps once per
     agent. Backends ask this declaration; they never test which plugin it is.
     ``not_vectorizable_because`` says why a plugin is not, for the backend's refusal (FedDyn's

@@ -200,6 +200,27 @@ def test_dp_fedavg_target_epsilon_calibrates_against_the_library():
     assert plugin.run_summary()["noise_multiplier"] == z and plugin.run_summary()["calibrated_noise_multiplier"]
 
 
+@pytest.mark.parametrize("plugin", ["dp_sgd", "dp_fedavg"])
+def test_a_calibrated_noise_multiplier_survives_a_resume_that_extends_the_run(tmp_path, plugin):
+    """Calibrated for 2 rounds, resumed with federation.rounds = 3: the third round noises and
+    accounts with the z of the first two (recalibrating for 3 would change every epsilon)."""
+    params = {"target_epsilon": 4.0, "delta": 1e-4}
+    federation = {"rounds": 2}
+    if plugin == "dp_sgd":
+        federation["agent_plugins"] = [{"name": "dp_sgd", **params}]
+    else:
+        federation["aggregator"] = {"name": "fedavg", "weighted": False}
+        federation["server_plugins"] = [{"name": "dp_fedavg", **params}]
+    first = Experiment(validate_config(tiny_config(**federation))).run(out_dir=tmp_path, progress=False)
+    federation["rounds"] = 3
+    longer = Experiment(validate_config(tiny_config(**federation))).run(resume_dir=first.run_dir, progress=False)
+    summaries = [json.loads((r.run_dir / "summary.json").read_text())["components"] for r in (first, longer)]
+    (before,), (after,) = (list(s.values()) for s in summaries)
+    assert after["noise_multiplier"] == before["noise_multiplier"] and before["calibrated_noise_multiplier"]
+    assert [r[f"{plugin}/epsilon"] for r in longer.history[:2]] == [r[f"{plugin}/epsilon"] for r in first.history]
+    assert "calibrated before round 1 to reach target_epsilon = 4 after 2 rounds" in after["guarantee"]
+
+
 def run_cli(tmp_path, config, command="run"):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -164,7 +164,7 @@ class LocalTrainer:
                     break
             loss_value = float(loss_sum) / max(seen, 1)  # a plugin's batches may all be empty
             history.append({"agent": agent_id, "round": round_index, "epoch": epoch,
-                            "loss": loss_value, "acc": float(correct) / seen, "samples": seen})
+                            "loss": loss_value, "acc": float(correct) / max(seen, 1), "samples": seen})
             if max_steps is not None and agent.steps >= max_steps:
                 break
         delta = flatten(self.params) - context.global_vector

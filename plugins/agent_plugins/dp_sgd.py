@@ -78,6 +78,7 @@ class DPSGD(AgentPlugin):
         self.calibrated = False
         self._batch_size: int | None = None
         self._epochs, self._max_steps, self._rounds = 1, None, 1
+        self._planned_rounds = 1  # the rounds a target epsilon was calibrated for
         self._population: AgentPopulation | None = None
         self._epsilon = 0.0
         self._stopped: str | None = None
@@ -109,6 +110,7 @@ class DPSGD(AgentPlugin):
     def setup(self, population: AgentPopulation, rng: np.random.Generator) -> None:
         self._population = population
         if self.params.target_epsilon is not None:
+            self._planned_rounds = self._rounds
             planned = [(q, self._rounds * steps) for q, steps in self._round_steps(population.num_samples)]
             try:
                 self.noise_multiplier = privacy_accounting.calibrate_noise(
@@ -214,7 +216,7 @@ class DPSGD(AgentPlugin):
         if self.noise_multiplier == 0:
             return "No differential privacy: noise_multiplier is 0, so the clipped gradients are used as they are."
         calibrated = (f" (calibrated before round 1 to reach target_epsilon = {p.target_epsilon:g} after "
-                      f"{self._rounds} rounds)") if self.calibrated else ""
+                      f"{self._planned_rounds} rounds)") if self.calibrated else ""
         return (
             f"Sample-level ({eps:.4g}, {p.delta:g})-differential privacy for adding or removing one training sample "
             f"of any one agent, of everything that agent releases (its updates, hence the global models): DP-SGD with "
@@ -225,6 +227,14 @@ class DPSGD(AgentPlugin):
             "worst agent's. It is not user-level privacy (all of one agent's data), and the run's diagnostics "
             "(training loss, local evaluation) are not private."
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"noise_multiplier": self.noise_multiplier, "planned_rounds": self._planned_rounds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # a calibrated z stays the run's, even when a resume extends federation.rounds
+        self.noise_multiplier = float(state["noise_multiplier"])
+        self._planned_rounds = int(state["planned_rounds"])
 
     def run_summary(self) -> dict[str, Any]:
         eps = self.epsilon() if self._population is not None else 0.0

@@ -114,7 +114,7 @@ class DPFedAvg(ServerPlugin):
         self._sum_multiplier = self.noise_multiplier
         self._stopped: str | None = None
         self._sampler = ""
-        self._agents = 1
+        self._agents = self._planned_rounds = 1
         self._poisson: float | None = None  # the sampler's declared inclusion rate, where it samples that way
         self._seen = self._unclipped = 0
         self._accountant = privacy_accounting.RdpRounds(self.noise_multiplier, params.delta)
@@ -163,20 +163,26 @@ class DPFedAvg(ServerPlugin):
         self._expected = float(p.expected_agents if p.expected_agents is not None else self._cohort)
         self._sampler = getattr(plan.sampler, "component_name", "") or ""
         self._agents, self._planned_rounds = plan.agents, plan.rounds
+        if self.adaptive:
+            self._count_noise = p.count_noise if p.count_noise is not None else self._expected / 20
         if p.target_epsilon is not None:
             self.noise_multiplier = privacy_accounting.calibrate_noise(
                 p.target_epsilon, p.delta, [(self._planned_rate(plan.agents), plan.rounds)]
             )
             self.calibrated = True
-            self._sum_multiplier = self.noise_multiplier
-            self._accountant = privacy_accounting.RdpRounds(self.noise_multiplier, p.delta)
             logging.getLogger(__name__).info(
                 "dp_fedavg: noise multiplier %.6g calibrated to reach epsilon %g at delta %g after %d rounds",
                 self.noise_multiplier, p.target_epsilon, p.delta, plan.rounds,
             )
+        self._use_noise(self.noise_multiplier)
+
+    def _use_noise(self, noise_multiplier: float) -> None:
+        """Noise and account with ``z``; with adaptive clipping the sum gets ``z_Delta``."""
+        self.noise_multiplier = noise_multiplier
+        self._sum_multiplier = noise_multiplier
         if self.adaptive:
-            self._count_noise = p.count_noise if p.count_noise is not None else self._expected / 20
-            self._sum_multiplier = quantile_clipping.delta_noise_multiplier(self.noise_multiplier, self._count_noise)
+            self._sum_multiplier = quantile_clipping.delta_noise_multiplier(noise_multiplier, self._count_noise)
+        self._accountant = privacy_accounting.RdpRounds(noise_multiplier, self.params.delta)
 
     def _planned_rate(self, agents: int) -> float:
         """The sampling rate a round is expected to have: the sampler's, or its cohort over the agents."""
@@ -258,7 +264,7 @@ class DPFedAvg(ServerPlugin):
             else (f"clipped to an adaptive L2 norm (quantile {p.target_quantile:g}, now {self.clip_norm:.4g})")
         )
         calibrated = (
-            f" (calibrated before round 1 to reach target_epsilon = {p.target_epsilon:g} in "
+            f" (calibrated before round 1 to reach target_epsilon = {p.target_epsilon:g} after "
             f"{self._planned_rounds} rounds)"
             if self.calibrated
             else ""
@@ -296,8 +302,13 @@ class DPFedAvg(ServerPlugin):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"clip_norm": self.clip_norm, "rates": list(self.rates)}
+        return {"clip_norm": self.clip_norm, "rates": list(self.rates), "noise_multiplier": self.noise_multiplier,
+                "planned_rounds": self._planned_rounds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.clip_norm = float(state["clip_norm"])
         self.rates = [float(r) for r in state["rates"]]
+        # a calibrated z stays the run's, even when a resume extends federation.rounds
+        if "noise_multiplier" in state and float(state["noise_multiplier"]) != self.noise_multiplier:
+            self._use_noise(float(state["noise_multiplier"]))
+            self._planned_rounds = int(state["planned_rounds"])

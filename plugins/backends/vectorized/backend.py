@@ -53,6 +53,9 @@ class VectorizedBackend(Backend):
                 raise Unsupported(f"agent-side plugin '{plugin.component_name}' does not declare vectorizable{why}")
         for plugin in plugins_overriding(list(setup.agent_plugins), "before_step"):
             raise Unsupported(f"agent-side plugin '{plugin.component_name}' edits gradients in before_step")
+        for method in ("epoch_batches", "compute_gradients"):  # the vmapped step draws and differentiates itself
+            for plugin in plugins_overriding(list(setup.agent_plugins), method):
+                raise Unsupported(f"agent-side plugin '{plugin.component_name}' implements {method}")
         blocker = blocking_layer(setup.model)
         if blocker:
             raise Unsupported(blocker)
