@@ -275,6 +275,12 @@ def test_bad_dp_sgd_input_exits_2_naming_the_field(tmp_path, params, expected):
     assert "Traceback" not in result.output
 
 
+def test_two_plugins_that_compute_gradients_are_refused(tmp_path):
+    result = run_cli(tmp_path, tiny_config(agent_plugins=["dp_sgd", "dp_sgd"]), command="validate")
+    assert result.exit_code == 2 and "federation.agent_plugins: dp_sgd, dp_sgd each implement epoch_batches; at " \
+        "most one of them may be listed" in " ".join(result.output.split()), result.output
+
+
 def test_a_model_with_batchnorm_is_refused(tmp_path):
     config = tiny_config(agent_plugins=["dp_sgd"])
     config["model"] = {"name": "resnet18"}
@@ -321,3 +327,16 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path):
     epsilons = [[row["dp_sgd/epsilon"] for row in csv.DictReader(open(next((tmp_path / d).glob("*/metrics.csv"))))]
                 for d in ("one", "two")]
     assert epsilons[0] == epsilons[1] and len(epsilons[0]) == 3
+
+
+def test_many_shard_sizes_calibrate_for_one_pair_that_dominates_them():
+    """Ten undominated (rate, steps) pairs: the calibration uses (highest rate, most steps), whose
+    epsilon bounds every pair's, so each pair's library epsilon is at or below the target."""
+    from flcore_plugins.server_plugins import privacy_accounting
+
+    pairs = [(8 / n, 3 * round(n / 8)) for n in range(20, 120, 10)]
+    assert len(privacy_accounting.dominant(pairs)) == 10
+    z = privacy_accounting.calibrate_noise(2.0, 1e-5, pairs)
+    assert max(library_epsilon(q, z, t, 1e-5) for q, t in pairs) <= 2.0
+    bound = library_epsilon(max(q for q, _ in pairs), 0.99 * z, max(t for _, t in pairs), 1e-5)
+    assert bound > 2.0
