@@ -40,10 +40,12 @@ class AgentPlugin(RoundComponent):
 
     ``vectorizable = True`` declares that the plugin runs under the vectorized backend: its
     :meth:`loss_term` is a pure function of the parameters (no reads of ``p.grad``, no in-place
-    edits) and it does not override :meth:`before_step`, :meth:`epoch_batches` or
-    :meth:`compute_gradients`. The vectorized backend calls
-    :meth:`loss_term` inside ``torch.func.vmap`` with ``agent=None``, and the other steps once per
-    agent. Backends ask this declaration; they never test which plugin it is.
+    edits), it does not override :meth:`before_step`, and if it overrides
+    :meth:`compute_gradients` it also implements :meth:`vectorized_gradients`, that method's form
+    for a stack of agents. The vectorized backend calls :meth:`loss_term` inside
+    ``torch.func.vmap`` with ``agent=None``, :meth:`vectorized_gradients` once per step for the
+    chunk's agents on their per-sample gradients, and the other steps (:meth:`epoch_batches`
+    included) once per agent. Backends ask this declaration; they never test which plugin it is.
     ``not_vectorizable_because`` says why a plugin is not, for the backend's refusal (FedDyn's
     loss term reads per-agent state, which the vmapped loss does not receive).
     """
@@ -80,6 +82,22 @@ class AgentPlugin(RoundComponent):
         batch's per-sample losses and logits, detached, for the epoch's loss and accuracy.
         ``loss(logits, y)`` is the configured loss of each sample. Random draws use torch's global
         generator, which the engine seeds per agent and round."""
+        raise NotImplementedError
+
+    def vectorized_gradients(self, agents: list[AgentContext], sample_grads: dict[str, torch.Tensor],
+                             weight: torch.Tensor, generators: list[torch.Generator | None]
+                             ) -> dict[str, torch.Tensor]:
+        """:meth:`compute_gradients` for ``k`` agents at once, on the vectorized backend.
+
+        ``sample_grads[name]`` is ``(k, b, *shape)``: agent ``i``'s gradient of each sample's loss
+        (``loss(logits, y)`` of that sample alone) for the trainable parameter ``name``; ``weight``
+        ``(k, b)`` is 1 for the samples of agent ``i``'s batch and 0 for padding (batches differ in
+        size; a row may be all 0, an empty batch). Draw agent ``i``'s random numbers from
+        ``generators[i]``, seeded as torch's global generator is for that agent on the sequential
+        backend (so the same draws in the same order give the same numbers); ``None``: agent ``i``
+        does not step now, draw nothing for it (its result is ignored). Return each parameter's
+        ``(k, *shape)`` gradients, what :meth:`compute_gradients` would set for each agent. The
+        backend adds the loss terms' gradients after it, as the sequential trainer does."""
         raise NotImplementedError
 
     def before_step(self, agent: AgentContext) -> None:

@@ -293,14 +293,6 @@ def test_a_model_with_batchnorm_is_refused(tmp_path):
         plugin.check_run(RunPlan(4, 1, None, None, model=model))
 
 
-def test_the_vectorized_backend_refuses_saying_why(tmp_path):
-    from flcore.errors import ConfigError
-
-    config = tiny_config(agent_plugins=["dp_sgd"], backend={"name": "vectorized", "strict": True})
-    with pytest.raises(ConfigError, match="agent-side plugin 'dp_sgd' does not declare vectorizable"):
-        Experiment(validate_config(config)).run(out_dir=tmp_path, progress=False)
-
-
 @pytest.mark.slow
 def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path):
     """Two CPU processes train disjoint halves of each round's agents: the noise and the Poisson

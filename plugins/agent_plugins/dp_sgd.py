@@ -69,8 +69,9 @@ class DPSGD(AgentPlugin):
     """
 
     Params = DPSGDParams
-    not_vectorizable_because = ("it replaces each agent's gradient with clipped, noised per-sample gradients, which "
-                                "the vectorized backend's one vmapped step over agents does not compute")
+    #: on the vectorized backend: the Poisson batches are drawn per agent (epoch_batches), and
+    #: vectorized_gradients clips, sums, noises and scales the backend's per-agent, per-sample gradients
+    vectorizable = True
 
     def __init__(self, params: DPSGDParams) -> None:
         super().__init__(params)
@@ -130,7 +131,7 @@ class DPSGD(AgentPlugin):
     def epoch_batches(self, agent: AgentContext, n: int, batch_size: int, generator: torch.Generator
                       ) -> Iterable[torch.Tensor]:
         q = batch_size / n if batch_size < n else 1.0
-        self._expected = q * n  # the denominator of this agent's noised gradient sums
+        self._expected = expected_batch(n, batch_size)  # the denominator of this agent's noised gradient sums
         for _ in range(max(1, round(n / batch_size))):
             yield torch.nonzero(torch.rand(n, generator=generator) < q).flatten()
 
@@ -156,6 +157,32 @@ class DPSGD(AgentPlugin):
                 total = total + torch.randn(total.shape, device=total.device, dtype=total.dtype) * std
             p.grad = total / expected
         return losses.detach(), logits.detach()
+
+    def vectorized_gradients(self, agents: list[AgentContext], sample_grads: dict[str, torch.Tensor],
+                             weight: torch.Tensor, generators: list[torch.Generator | None]
+                             ) -> dict[str, torch.Tensor]:
+        """:meth:`compute_gradients` for a stack of agents: each sample's gradient clipped to ``C``,
+        summed over the agent's batch (``weight`` masks the padding), noised from the agent's own
+        generator in the order the sequential path draws (parameter by parameter), divided by the
+        agent's expected batch size."""
+        clip = self.params.clip_norm
+        k, b = weight.shape
+        norms = torch.sqrt(sum(g.reshape(k, b, -1).pow(2).sum(dim=2) for g in sample_grads.values()))
+        scale = torch.clamp(clip / norms, max=1.0) * weight
+        summed = {name: torch.einsum("kb,kb...->k...", scale.to(g.dtype), g) for name, g in sample_grads.items()}
+        std = self.noise_multiplier * clip
+        if std > 0:
+            for i, generator in enumerate(generators):
+                if generator is None:
+                    continue
+                for total in summed.values():
+                    noise = torch.randn(total.shape[1:], generator=generator, device=total.device, dtype=total.dtype)
+                    total[i] = total[i] + noise * std
+        batch = self._batch_size
+        expected = torch.tensor([expected_batch(a.num_samples, batch or a.num_samples) for a in agents],
+                                dtype=torch.float64, device=weight.device)
+        return {name: total / expected.view(-1, *[1] * (total.dim() - 1)).to(total.dtype)
+                for name, total in summed.items()}
 
     def on_update(self, agent: AgentContext, result: AgentResult) -> None:
         agent.state[STEPS] = int(agent.state[STEPS]) + int(result.steps)
@@ -250,6 +277,12 @@ class DPSGD(AgentPlugin):
         if self._stopped:
             summary["stopped"] = self._stopped
         return summary
+
+
+def expected_batch(n: int, batch_size: int) -> float:
+    """``q n``: the expected size of a Poisson batch at rate ``q = batch_size / n`` (at most 1)."""
+    q = batch_size / n if batch_size < n else 1.0
+    return q * n
 
 
 def per_sample_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Sequence
 
@@ -53,9 +54,11 @@ class VectorizedBackend(Backend):
                 raise Unsupported(f"agent-side plugin '{plugin.component_name}' does not declare vectorizable{why}")
         for plugin in plugins_overriding(list(setup.agent_plugins), "before_step"):
             raise Unsupported(f"agent-side plugin '{plugin.component_name}' edits gradients in before_step")
-        for method in ("epoch_batches", "compute_gradients"):  # the vmapped step draws and differentiates itself
-            for plugin in plugins_overriding(list(setup.agent_plugins), method):
-                raise Unsupported(f"agent-side plugin '{plugin.component_name}' implements {method}")
+        vectorized = plugins_overriding(list(setup.agent_plugins), "vectorized_gradients")
+        for plugin in plugins_overriding(list(setup.agent_plugins), "compute_gradients"):
+            if plugin not in vectorized:  # the vmapped step differentiates itself unless told how to combine
+                raise Unsupported(f"agent-side plugin '{plugin.component_name}' implements compute_gradients but not "
+                                  "vectorized_gradients")
         blocker = blocking_layer(setup.model)
         if blocker:
             raise Unsupported(blocker)
@@ -84,6 +87,8 @@ class VectorizedBackend(Backend):
         if self.params.chunk_size is not None:
             return self.params.chunk_size, None, None
         batch = setup.training.batch_size or int(setup.population.num_samples.max())
+        if self.lockstep.batches is not None:  # a plugin's batches vary in size (Poisson: sd below sqrt(batch))
+            batch += math.ceil(4 * math.sqrt(batch))
         vector = flatten([p for p in setup.model.parameters() if p.requires_grad])
         agent = self.lockstep.agent_bytes(vector, batch)
         budget = device_budget(setup.fabric.device, self.params.memory_fraction, self.params.memory_budget_mib)

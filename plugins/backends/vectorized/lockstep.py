@@ -5,12 +5,20 @@ generator), its dropout masks (a generator seeded as torch's global one is for i
 statistics, its epochs, step budget and learning rate. Shards of different sizes are padded to a
 common width with sample weight 0, and an agent whose epochs or step budget have ended is frozen
 (``active`` false) until the others finish.
+
+A plugin that draws the batches (``epoch_batches``, DP-SGD's Poisson samples) is asked for each
+agent's batches of an epoch, from that agent's batch-order generator; each step's batches are
+padded to the largest of them. A plugin that computes the gradients (``compute_gradients``) gets,
+in its ``vectorized_gradients``, each agent's per-sample gradients from a second ``vmap`` over the
+agent's samples inside the one over agents, and combines them (DP-SGD: clip, masked sum, noise
+from the agent's own generator, division by its expected batch size); the loss terms' gradients
+are added after it, as the sequential trainer adds them.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from flcore_plugins.backends.vectorized.functional import FunctionalModel
@@ -20,7 +28,7 @@ from flcore_plugins.backends.vectorized.optimizers import OPTIMIZERS, clip_per_a
 from flcore import seeding
 from flcore.augment import augmentation
 from flcore.backend import TrainingSetup
-from flcore.engine.local import diverged, finish_update, non_finite, plugins_overriding
+from flcore.engine.local import diverged, finish_update, non_finite, only_one, plugins_overriding
 from flcore.engine.weights import flatten
 from flcore.protocol import AgentContext, AgentResult, AgentState, Instruction, RoundContext, split_like
 from flcore.training import per_sample_loss
@@ -48,6 +56,8 @@ class Lockstep:
         self.batching = plugins_overriding(plugins, "transform_batch")
         self.penalizing = plugins_overriding(plugins, "loss_term")
         self.finishing = plugins_overriding(plugins, "on_update")
+        self.batches = only_one(plugins_overriding(plugins, "epoch_batches"), "epoch_batches")
+        self.gradient = only_one(plugins_overriding(plugins, "compute_gradients"), "compute_gradients")
 
     # ------------------------------------------------------------------------ the step
     def _loss(self, global_params: list[torch.Tensor]) -> Callable[..., Any]:
@@ -73,6 +83,57 @@ class Lockstep:
         from torch.func import grad, vmap
 
         return vmap(grad(self._loss(global_params), has_aux=True), randomness="error")
+
+    def _sample_step_function(self) -> Callable[..., Any]:
+        """``(params, buffers, noise, x, y) -> (grads, (losses, right))`` for stacked agents: each
+        sample's gradient of its own loss, ``(k, b, *shape)``, with its loss and whether it was
+        classified right (a ``vmap`` over each agent's samples inside the one over agents)."""
+        from torch.func import grad, vmap
+
+        training, functional = self.setup.training, self.functional
+
+        def one(params: Stack, buffers: Stack, noise: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+            weight = torch.ones(1, device=x.device)
+            logits, _, _ = functional.forward(params, buffers, [m.unsqueeze(0) for m in noise], weight, x.unsqueeze(0))
+            value = per_sample_loss(logits, y.unsqueeze(0), training).sum()
+            return value, (value.detach(), (logits.argmax(dim=1) == y).sum().to(value.dtype))
+
+        per_sample = vmap(grad(one, has_aux=True), in_dims=(None, None, 0, 0, 0), randomness="error")
+        return vmap(per_sample, randomness="error")
+
+    def _terms_function(self, global_params: list[torch.Tensor]) -> Callable[[Stack], Stack] | None:
+        """The gradients of the plugins' loss terms alone, for stacked agents (``None``: no terms)."""
+        from torch.func import grad, vmap
+
+        if not self.penalizing:
+            return None
+        names, penalizing = self.names, self.penalizing
+
+        def terms(params: Stack) -> torch.Tensor:
+            total = torch.zeros((), device=global_params[0].device)
+            for plugin in penalizing:
+                term = plugin.loss_term(None, [params[n] for n in names], global_params)
+                if term is not None:
+                    total = total + term
+            return total
+
+        return vmap(grad(terms), randomness="error")
+
+    def _plugin_gradients(self, sample_step: Callable[..., Any], terms: Callable[[Stack], Stack] | None,
+                          contexts: list[AgentContext], streams: list[torch.Generator], params: Stack, buffers: Stack,
+                          noise: list[torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, w: torch.Tensor,
+                          active: torch.Tensor) -> tuple[Stack, torch.Tensor, torch.Tensor]:
+        """The gradient plugin's combination of the per-sample gradients (and the loss terms'
+        gradients), with each agent's weighted loss sum and correct count."""
+        sample_grads, (losses, right) = sample_step(params, buffers, noise, xb, yb)
+        generators = [g if on else None for g, on in zip(streams, active.tolist())]
+        grads = self.gradient.vectorized_gradients(contexts, sample_grads, w, generators)
+        del sample_grads
+        if terms is not None:
+            extra = terms(params)
+            grads = {n: g + extra[n] for n, g in grads.items()}
+        return grads, (losses * w).sum(dim=1), (right * w).sum(dim=1)
 
     def _split(self, vector: torch.Tensor) -> list[torch.Tensor]:
         """Views of a flat vector shaped like the trainable parameters."""
@@ -120,8 +181,17 @@ class Lockstep:
                     lambda: self._loss(global_params)(one, {n: b[0] for n, b in buffers.items()},
                                                       [t[0] for t in noise], x[0], y[0], weight[0])[0])
                 state = [*params.values(), *params.values(), *buffers.values(), *noise, x]  # params, grads, ...
+                if self.gradient is not None:  # and the per-sample gradients: a batch of gradients
+                    state += [p.expand(batch, *p.shape) for p in params.values()]
                 return saved + optimizer.state_bytes() + sum(t.numel() * t.element_size() for t in state)
-            grads, _ = self._step_function(global_params)(params, buffers, noise, x, y, weight)
+            if self.gradient is not None:
+                probe = AgentContext(0, 0, Instruction(0, 1), [p[0] for p in params.values()], global_params,
+                                     float(lr[0]), batch, None)
+                grads, _, _ = self._plugin_gradients(self._sample_step_function(), self._terms_function(global_params),
+                                                     [probe], [torch.Generator(device=self.device)], params, buffers,
+                                                     noise, x, y, weight, active)
+            else:
+                grads, _ = self._step_function(global_params)(params, buffers, noise, x, y, weight)
             if setup.training.grad_clip_norm is not None:
                 clip_per_agent(grads, setup.training.grad_clip_norm)
             optimizer.step(params, grads, active, lr)
@@ -156,9 +226,13 @@ class Lockstep:
         orders = [seeding.torch_generator(setup.seed, seeding.TRAINING, context.index, a, 1) for a in agents]
         augmenting = [seeding.torch_generator(setup.seed, seeding.TRAINING, context.index, a, 2) for a in agents] \
             if self.augment is not None else []
+        # each agent's stream for dropout masks and a gradient plugin's noise, seeded as sequential seeds torch's
         masks = [torch.Generator(device=device).manual_seed(seeding.derive_seed(setup.seed, seeding.TRAINING, context.index, a))
-                 for a in agents] if self.functional.calls else []
-        step_grad = self._step_function(global_params)
+                 for a in agents] if self.functional.calls or self.gradient is not None else []
+        if self.gradient is None:
+            step_grad = self._step_function(global_params)
+        else:
+            sample_step, terms = self._sample_step_function(), self._terms_function(global_params)
         clip = setup.training.grad_clip_norm
         epochs = torch.tensor([i.epochs for i in instructions], device=device)
         budget = torch.tensor([i.max_steps if i.max_steps is not None else 2**62 for i in instructions], device=device)
@@ -172,36 +246,37 @@ class Lockstep:
             if not bool(running.any()):
                 break
             starting = running.tolist()  # one device sync per epoch, not one per agent
-            width = max(math.ceil(s / batch) for s in sizes) * batch
-            index = torch.zeros(k, width, dtype=torch.long)
-            weight_cpu = torch.zeros(k, width)
-            for i, (shard, order) in enumerate(zip(shards, orders)):
-                if starting[i]:
-                    index[i, : sizes[i]] = shard[torch.randperm(sizes[i], generator=order)]
-                    weight_cpu[i, : sizes[i]] = 1.0
-            index, weight = index.to(device), weight_cpu.to(device)
+            for i in range(k):
+                contexts[i].epoch = epoch
+            if self.batches is None:
+                steps = self._shuffled_steps(shards, sizes, orders, starting, batch)
+            else:
+                steps = self._plugin_steps(contexts, shards, sizes, orders, starting)
             loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
             correct = torch.zeros(k, dtype=torch.float64, device=device)
             seen = torch.zeros(k, dtype=torch.float64, device=device)
-            for s in range(width // batch):
-                idx, w = index[:, s * batch:(s + 1) * batch], weight[:, s * batch:(s + 1) * batch]
-                active = (w.sum(dim=1) > 0) & running & (steps_done < budget)
+            for idx, w, w_cpu, listed in steps:
+                active = listed & running & (steps_done < budget)
                 if not bool(active.any()):
                     break
                 w = w * active.unsqueeze(1)
                 raw = x[idx.reshape(-1)]
                 if augmenting:
-                    raw = self._augment(raw.reshape(k, idx.shape[1], *raw.shape[1:]), augmenting,
-                                        weight_cpu[:, s * batch:(s + 1) * batch], active).flatten(0, 1)
+                    raw = self._augment(raw.reshape(k, idx.shape[1], *raw.shape[1:]), augmenting, w_cpu,
+                                        active).flatten(0, 1)
                 flat = transform(raw)
                 xb = flat.reshape(k, idx.shape[1], *flat.shape[1:])
                 yb = y[idx]
                 if self.batching:
                     xb, yb = self._transform_batches(contexts, xb, yb)
-                noise = self._noise(masks, weight_cpu[:, s * batch:(s + 1) * batch], active, batch)
-                grads, (total, right, new_buffers, one_value) = step_grad(params, buffers, noise, xb, yb, w)
-                buffers.update(new_buffers)
-                single |= one_value & active
+                noise = self._noise(masks, w_cpu, active, idx.shape[1])
+                if self.gradient is None:
+                    grads, (total, right, new_buffers, one_value) = step_grad(params, buffers, noise, xb, yb, w)
+                    buffers.update(new_buffers)
+                    single |= one_value & active
+                else:
+                    grads, total, right = self._plugin_gradients(sample_step, terms, contexts, masks, params, buffers,
+                                                                 noise, xb, yb, w, active)
                 if clip is not None:
                     unclippable |= clip_per_agent(grads, clip) & active
                 loss_sum += total.double()
@@ -234,6 +309,45 @@ class Lockstep:
                                  epochs=len(histories[i]), history=histories[i])
             results.append(finish_update(self.finishing, contexts[i], result))
         return results
+
+    def _shuffled_steps(self, shards: list[torch.Tensor], sizes: list[int], orders: list[torch.Generator],
+                        starting: list[bool], batch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """An epoch's steps as the sequential trainer cuts them: each starting agent's shard in its
+        seeded random order, in batches of ``batch`` (the last shorter). Each step is ``(index, weight,
+        weight on the CPU, listed)``, ``listed``: the agents that have a batch there."""
+        k = len(shards)
+        width = max(math.ceil(s / batch) for s in sizes) * batch
+        index = torch.zeros(k, width, dtype=torch.long)
+        weight_cpu = torch.zeros(k, width)
+        for i, (shard, order) in enumerate(zip(shards, orders)):
+            if starting[i]:
+                index[i, : sizes[i]] = shard[torch.randperm(sizes[i], generator=order)]
+                weight_cpu[i, : sizes[i]] = 1.0
+        index, weight = index.to(self.device), weight_cpu.to(self.device)
+        for s in range(width // batch):
+            w = weight[:, s * batch:(s + 1) * batch]
+            yield index[:, s * batch:(s + 1) * batch], w, weight_cpu[:, s * batch:(s + 1) * batch], w.sum(dim=1) > 0
+
+    def _plugin_steps(self, contexts: list[AgentContext], shards: list[torch.Tensor], sizes: list[int],
+                      orders: list[torch.Generator], starting: list[bool]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """An epoch's steps from the plugin's ``epoch_batches``, drawn for each starting agent from its
+        batch-order generator (as the sequential trainer draws them); each step's batches are padded
+        to the largest (at least one column), and an empty batch is a step too."""
+        training = self.setup.training
+        epochs = [[shards[i][p] for p in self.batches.epoch_batches(contexts[i], sizes[i],
+                                                                     training.batch_size or sizes[i], orders[i])]
+                  if starting[i] else [] for i in range(len(shards))]
+        for s in range(max(len(e) for e in epochs)):
+            rows = [e[s] if s < len(e) else None for e in epochs]
+            width = max([1] + [len(r) for r in rows if r is not None])
+            index = torch.zeros(len(rows), width, dtype=torch.long)
+            weight_cpu = torch.zeros(len(rows), width)
+            for i, row in enumerate(rows):
+                if row is not None:
+                    index[i, : len(row)] = row
+                    weight_cpu[i, : len(row)] = 1.0
+            listed = torch.tensor([r is not None for r in rows], device=self.device)
+            yield index.to(self.device), weight_cpu.to(self.device), weight_cpu, listed
 
     def _augment(self, raw: torch.Tensor, generators: list[torch.Generator], weight: torch.Tensor,
                  active: torch.Tensor) -> torch.Tensor:
