@@ -19,7 +19,7 @@ instruct agents (adaptive clipping sends the round's clip norm) or to keep an ac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from flcore.protocol import AgentResult, Aggregate, RoundComponent, RoundContext, UpdateSum
 
@@ -30,7 +30,16 @@ if TYPE_CHECKING:
 
 
 class ServerPlugin(RoundComponent):
-    """Base of server-side plugins; override the steps you need."""
+    """Base of server-side plugins; override the steps you need.
+
+    ``sums_idle_rounds = True`` (with :meth:`process_sum`) declares that a round without an accepted
+    update (nobody selected, every selected agent failed or dropped) still releases a model: the
+    engine passes a zero sum (``count`` 0) through the plugins' :meth:`process_sum` and the strategy
+    steps from it, as in any round. DP-FedAvg declares it: its round is the Gaussian mechanism on
+    the sum, which releases noise alone when the sum is empty.
+    """
+
+    sums_idle_rounds: ClassVar[bool] = False
 
     def check_strategy(self, strategy: Aggregator) -> str | None:
         """Why this plugin cannot wrap ``strategy`` (read its declared capabilities), or ``None``."""

@@ -86,3 +86,62 @@ def test_dp_fedavg_with_poisson_sampling_is_the_librarys_poisson_answer_and_says
         assert context.metrics["dp_fedavg/epsilon"] == pytest.approx(accountant.get_epsilon(delta), rel=1e-12)
     assert plugin.rates == [q] * 3
     assert "Poisson sampling (exact)" in plugin.guarantee() and "approximation," not in plugin.guarantee()
+
+
+# ------------------------------------------------------------------------------ rounds that select nobody
+def empty_round_config(server_plugins=(), rounds=6):
+    """The tiny experiment under Poisson sampling at q = 0.1 of 8 agents: rounds 2 and 3 select
+    nobody (checked), with stall_rounds = 1, so an empty round counted as a stall would fail it."""
+    from flcore.testing import tiny_config
+
+    return tiny_config(rounds=rounds, sampler={"name": "poisson", "rate": 0.1}, stall_rounds=1,
+                       aggregator={"name": "fedavg", "weighted": False}, server_plugins=list(server_plugins))
+
+
+def run_rounds(tmp_path, config, name, stop=None):
+    from flcore.config import validate_config
+    from flcore.experiment import Experiment
+
+    return Experiment(validate_config(config)).run(out_dir=tmp_path / name, progress=False, stop_after_rounds=stop)
+
+
+def flat(result):
+    return torch.cat([v.reshape(-1) for v in result.state_dict.values() if v.is_floating_point()])
+
+
+def test_a_dp_round_that_selects_nobody_releases_noise_alone_and_is_accounted(tmp_path):
+    """dp_fedavg (z = 1, C = 0.5): round 2 selects nobody, and the model moves from round 1's by
+    noise alone of standard deviation z C / (q N) = 0.625 per coordinate (within 4 standard errors,
+    about 8 %: leaving the model unchanged, or dividing by the count, the agents or nothing, fails);
+    epsilon composes every round, the empty ones too; stall_rounds = 1 does not stop the run."""
+    z, clip, q, agents, delta = 1.0, 0.5, 0.1, 8, 1e-2
+    config = empty_round_config([{"name": "dp_fedavg", "noise_multiplier": z, "clip_norm": clip, "delta": delta}])
+    whole = run_rounds(tmp_path, config, "whole")
+    assert [row["selected"] for row in whole.history][:3] == [2, 0, 0]
+    one, two = run_rounds(tmp_path, config, "one", stop=1), run_rounds(tmp_path, config, "two", stop=2)
+    noise = (flat(two) - flat(one)).double()
+    sigma = z * clip / (q * agents)
+    assert abs(float(noise.std()) - sigma) < 4 * sigma / math.sqrt(2 * noise.numel())
+    assert abs(float(noise.mean())) < 4 * sigma / math.sqrt(noise.numel())
+    for r, row in enumerate(whole.history):
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), r + 1)
+        assert row["dp_fedavg/epsilon"] == pytest.approx(accountant.get_epsilon(delta), rel=1e-12)
+
+
+def test_without_a_dp_plugin_a_round_that_selects_nobody_leaves_the_model_and_is_no_stall(tmp_path):
+    plain = empty_round_config()
+    one, three = run_rounds(tmp_path, plain, "one", stop=1), run_rounds(tmp_path, plain, "three", stop=3)
+    assert [row["selected"] for row in three.history] == [2, 0, 0]
+    assert torch.equal(flat(one), flat(three))
+
+
+def test_dp_rounds_whose_selected_agents_all_fail_still_stop_the_run(tmp_path):
+    """Noise is released in such rounds too, but they are stalls: every agent diverges (lr 1e30)."""
+    from flcore.errors import RunFailure
+
+    config = empty_round_config([{"name": "dp_fedavg", "noise_multiplier": 1.0, "clip_norm": 0.5, "delta": 1e-2}])
+    config["federation"].update(sampler={"name": "poisson", "rate": 0.9}, stall_rounds=2, on_agent_failure="skip")
+    config["training"]["optimizer"]["lr"] = 1e30
+    with pytest.warns(UserWarning), pytest.raises(RunFailure, match="no update was accepted in 2 consecutive rounds"):
+        run_rounds(tmp_path, config, "failing")

@@ -275,7 +275,8 @@ class FederatedRun:
         last), each checked; buffers follow ``federation.buffers``."""
         if not accepted:
             self._note_idle_round(context)
-            return
+            if not any(p.sums_idle_rounds for p in self.summing):
+                return
         if self.summing:
             self._process_sum(context, accepted)
         out = self.strategy.aggregate(self.global_vector, accepted, context)
@@ -288,6 +289,8 @@ class FederatedRun:
         for key, value in aggregate.metrics.items():
             context.log(self.strategy, key, value)
         self.global_vector = aggregate.vector.detach()
+        if not accepted:  # a plugin released the sum of no updates (sums_idle_rounds): still an idle round
+            return
         if self.federation.buffers == "weighted_mean" and self.global_buffers:
             self.global_buffers = average_buffers(self.global_buffers, accepted)
         self.idle_rounds = 0
@@ -297,6 +300,8 @@ class FederatedRun:
         """The strategy's sum of updates through the server plugins' ``process_sum``, in list order,
         before the strategy divides it (``check_server_plugins`` made sure it is ``sum_based``)."""
         total = self.strategy.update_sum(accepted)
+        if not accepted and total.vector is None:  # an idle round's sum (sums_idle_rounds): zero
+            total.vector = torch.zeros_like(self.global_vector)
         for plugin in self.summing:
             plugin.process_sum(context, total)
             self._check_vector(total.vector, plugin, context)
@@ -322,8 +327,10 @@ class FederatedRun:
     def _note_idle_round(self, context: RoundContext) -> None:
         """A round without an accepted update leaves the model as it was; too many in a row stop the
         run (``federation.stall_rounds``), so that a run of skipped agents cannot end with exit 0.
-        A round whose updates a component holds for later (``deferred``) is waiting, not idle."""
-        if any(f.status is AgentStatus.DEFERRED for f in context.failures):
+        A round whose updates a component holds for later (``deferred``) is waiting, not idle, and a
+        round that selected nobody (the ``poisson`` sampler's, now and then) is no failure of agents."""
+        nobody = context.selected is not None and len(context.selected) == 0
+        if nobody or any(f.status is AgentStatus.DEFERRED for f in context.failures):
             return
         self.idle_rounds += 1
         limit = self.federation.stall_rounds

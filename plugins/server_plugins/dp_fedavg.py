@@ -102,6 +102,8 @@ class DPFedAvg(ServerPlugin):
     """
 
     Params = DPFedAvgParams
+    #: a round without accepted updates releases noise alone, as the accounted mechanism does
+    sums_idle_rounds = True
 
     def __init__(self, params: DPFedAvgParams) -> None:
         super().__init__(params)
@@ -237,7 +239,7 @@ class DPFedAvg(ServerPlugin):
             context.log(self, "unclipped_share", share)
 
     def on_round_end(self, context: RoundContext, accepted: Any) -> None:
-        # every round is accounted, even an idle one (docs/privacy.md: the guarantee assumes there is none)
+        # every round is accounted, an idle one too: it released noise alone (sums_idle_rounds)
         available = len(context.population) if context.available is None else len(context.available)
         selected = 0 if context.selected is None else len(context.selected)
         if self._poisson is not None:  # each agent in independently at the sampler's rate: exact
