@@ -170,6 +170,27 @@ def test_one_agents_measured_memory_counts_a_batch_of_per_sample_gradients(tmp_p
     assert private.backend.agent_mib > plain.backend.agent_mib + 32 * vector.numel() * 4 / 2**20
 
 
+def test_the_probe_step_cuda_measures_is_one_dp_sgd_step(tmp_path):
+    """The one-agent step whose peak CUDA measures, run here on a CPU (z = 0, C = 0.05): the global
+    weights minus lr times the per-sample gradients, each clipped by plain autograd one sample at a
+    time, summed over the probe's batch of 32 and divided by it."""
+    from flcore.engine.weights import flatten
+
+    built = built_run(tmp_path, tiny_config(backend=VECTORIZED, agent_plugins=[
+        {"name": "dp_sgd", "noise_multiplier": 0.0, "clip_norm": 0.05, "delta": 1e-4}]))
+    lockstep, model = built.backend.lockstep, built.model
+    vector = flatten([p for p in model.parameters() if p.requires_grad])
+    x, y, _ = lockstep._probe_inputs(32)
+    stepped = torch.cat([p[0].reshape(-1) for p in lockstep.probe_step(vector, (x, y, torch.ones(1, 32))).values()])
+    total = torch.zeros_like(vector)
+    for i in range(32):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[0, i:i + 1]), y[0, i:i + 1]).backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
+        total += g * min(1.0, 0.05 / float(g.norm()))
+    torch.testing.assert_close(stepped, vector - 0.1 * total / 32, rtol=1e-5, atol=1e-6)
+
+
 def test_memory_sized_chunks_give_the_one_chunk_model(tmp_path):
     """A budget that fits the plain step of four agents but not the private one's: the round trains
     in chunks, which give the same model as one chunk and as sequential."""

@@ -162,44 +162,55 @@ class Lockstep:
     # ------------------------------------------------------------------------ memory
     def agent_bytes(self, global_vector: torch.Tensor, batch: int) -> int:
         """The memory one agent's step takes at ``batch`` samples (see :mod:`.memory`)."""
+        inputs = self._probe_inputs(batch)
+        if self.device.type == "cuda":
+            return cuda_step_bytes(lambda: self.probe_step(global_vector, inputs), self.device)
+        x, y, weight = inputs
+        params, buffers = self._stacks(global_vector, {}, 1)
+        optimizer = self.optimizer(params, self.setup.training.optimizer, 1, self.device)
+        noise = self.functional.draw_noise([torch.Generator(device=self.device)], [batch], batch, self.device)
+        one = {n: p[0].clone().requires_grad_() for n, p in params.items()}
+        saved = saved_for_backward_bytes(
+            lambda: self._loss(self._split(global_vector))(one, {n: b[0] for n, b in buffers.items()},
+                                                           [t[0] for t in noise], x[0], y[0], weight[0])[0])
+        state = [*params.values(), *params.values(), *buffers.values(), *noise, x]  # params, grads, ...
+        if self.gradient is not None:  # and the per-sample gradients: a batch of gradients
+            state += [p.expand(batch, *p.shape) for p in params.values()]
+        return saved + optimizer.state_bytes() + sum(t.numel() * t.element_size() for t in state)
+
+    def _probe_inputs(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A one-agent batch of ``batch`` training samples (repeated if there are fewer), its labels
+        and weights, stacked as a round's are."""
         setup = self.setup
         index = torch.arange(batch) % len(setup.y)
         x = setup.transform(setup.x[index.to(setup.x.device)]).unsqueeze(0)
         y = setup.y[index.to(setup.y.device)].unsqueeze(0)
-        weight = torch.ones(1, batch, device=self.device)
+        return x, y, torch.ones(1, batch, device=self.device)
+
+    def probe_step(self, global_vector: torch.Tensor, inputs: tuple[torch.Tensor, ...] | None = None) -> Stack:
+        """One agent's real step from ``global_vector`` on the probe's batch (``inputs``, default one
+        of ``training.batch_size``), what CUDA's peak counter measures; returns its new parameters."""
+        setup = self.setup
+        x, y, weight = inputs if inputs is not None else self._probe_inputs(setup.training.batch_size or 1)
+        batch = x.shape[1]
         global_params = self._split(global_vector)
         lr = torch.full((1,), setup.training.optimizer.lr, dtype=torch.float64, device=self.device)
         active = torch.ones(1, dtype=torch.bool, device=self.device)
-
-        def step() -> int:
-            params, buffers = self._stacks(global_vector, {}, 1)
-            optimizer = self.optimizer(params, setup.training.optimizer, 1, self.device)
-            noise = self.functional.draw_noise([torch.Generator(device=self.device)], [batch], batch, self.device)
-            if self.device.type != "cuda":
-                one = {n: p[0].clone().requires_grad_() for n, p in params.items()}
-                saved = saved_for_backward_bytes(
-                    lambda: self._loss(global_params)(one, {n: b[0] for n, b in buffers.items()},
-                                                      [t[0] for t in noise], x[0], y[0], weight[0])[0])
-                state = [*params.values(), *params.values(), *buffers.values(), *noise, x]  # params, grads, ...
-                if self.gradient is not None:  # and the per-sample gradients: a batch of gradients
-                    state += [p.expand(batch, *p.shape) for p in params.values()]
-                return saved + optimizer.state_bytes() + sum(t.numel() * t.element_size() for t in state)
-            if self.gradient is not None:
-                probe = AgentContext(0, 0, Instruction(0, 1), [p[0] for p in params.values()], global_params,
-                                     float(lr[0]), batch, None)
-                grads, _, _ = self._plugin_gradients(self._sample_step_function(), self._terms_function(global_params),
-                                                     [probe], [torch.Generator(device=self.device)], params, buffers,
-                                                     noise, x, y, weight, active)
-            else:
-                grads, _ = self._step_function(global_params)(params, buffers, noise, x, y, weight)
-            if setup.training.grad_clip_norm is not None:
-                clip_per_agent(grads, setup.training.grad_clip_norm)
-            optimizer.step(params, grads, active, lr)
-            return 0
-
-        if self.device.type == "cuda":
-            return cuda_step_bytes(step, self.device)
-        return step()
+        params, buffers = self._stacks(global_vector, {}, 1)
+        optimizer = self.optimizer(params, setup.training.optimizer, 1, self.device)
+        noise = self.functional.draw_noise([torch.Generator(device=self.device)], [batch], batch, self.device)
+        if self.gradient is not None:
+            probe = AgentContext(0, 0, Instruction(0, 1), [p[0] for p in params.values()], global_params,
+                                 float(lr[0]), batch, AgentState(setup.population, 0))
+            grads, _, _ = self._plugin_gradients(self._sample_step_function(), self._terms_function(global_params),
+                                                 [probe], [torch.Generator(device=self.device)], params, buffers,
+                                                 noise, x, y, weight, active)
+        else:
+            grads, _ = self._step_function(global_params)(params, buffers, noise, x, y, weight)
+        if setup.training.grad_clip_norm is not None:
+            clip_per_agent(grads, setup.training.grad_clip_norm)
+        optimizer.step(params, grads, active, lr)
+        return params
 
     # ------------------------------------------------------------------------ a round's chunk
     def train(self, context: RoundContext, instructions: list[Instruction]) -> list[AgentResult]:
