@@ -1,6 +1,7 @@
 """The cost of sample-level DP-SGD (``dp_sgd``) against plain local SGD: E1's local training
 (LeNet-5, 600 MNIST-shaped samples an agent, batch 32, one local epoch) with and without the
-plugin, interleaved in one run, as seconds per round and their ratio.
+plugin (on the sequential backend, and on the vectorized one), interleaved in one run, as seconds
+per round and their ratio.
 
     python benchmarks/privacy_dpsgd.py            # 2 agents a round, 4 rounds per run, 2 runs per variant
     python benchmarks/privacy_dpsgd.py 10 3 1     # agents per round, rounds per run, runs per variant
@@ -35,9 +36,12 @@ from flcore.experiment import Experiment  # noqa: E402
 from flcore.registry import discover  # noqa: E402
 from flcore.server_plugin import ServerPlugin  # noqa: E402
 
+DP_SGD = [{"name": "dp_sgd", "clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-6}]
+#: name: (agent plugins, backend); the vectorized one trains the round's agents in one nested vmap
 VARIANTS = {
-    "local sgd": [],
-    "dp_sgd": [{"name": "dp_sgd", "clip_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-6}],
+    "local sgd": ([], "sequential"),
+    "dp_sgd": (DP_SGD, "sequential"),
+    "dp_sgd vectorized": (DP_SGD, {"name": "vectorized", "strict": True}),
 }
 
 
@@ -56,10 +60,10 @@ class ClockPlugin:
         register("cpu_clock", CpuClock, "The process's CPU seconds at each round's end (benchmarks).")
 
 
-def config(agents: int, rounds: int, agent_plugins: list) -> dict:
+def config(agents: int, rounds: int, agent_plugins: list, backend: object = "sequential") -> dict:
     data = flcore_config(E1)
     data["federation"].update(rounds=rounds, sampler={"name": "uniform", "count": agents},
-                              agent_plugins=agent_plugins)
+                              agent_plugins=agent_plugins, backend=backend)
     data["evaluation"]["every"] = rounds
     data["federation"]["server_plugins"] = ["cpu_clock"]
     return data
@@ -75,8 +79,8 @@ def main(agents: int, rounds: int, repeats: int) -> None:
     cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(repeats):
-            for name, plugins in VARIANTS.items():
-                history = Experiment(validate_config(config(agents, rounds, plugins)), registry=registry).run(
+            for name, (plugins, backend) in VARIANTS.items():
+                history = Experiment(validate_config(config(agents, rounds, plugins, backend)), registry=registry).run(
                     out_dir=folder, progress=False).history
                 clock = [row["cpu_clock/seconds"] for row in history]
                 # rounds 2 .. rounds - 1: the first is a warm-up, the last also evaluates
@@ -84,11 +88,11 @@ def main(agents: int, rounds: int, repeats: int) -> None:
                 wall[name] += [history[r]["seconds"] for r in timed]
                 cpu[name] += [clock[r] - clock[r - 1] for r in timed]
     base_wall, base_cpu = statistics.median(wall["local sgd"]), statistics.median(cpu["local sgd"])
-    print(f"{'variant':<10s} {'rounds timed':>12s} {'median wall s/round':>20s} {'x local sgd':>12s} "
+    print(f"{'variant':<18s} {'rounds timed':>12s} {'median wall s/round':>20s} {'x local sgd':>12s} "
           f"{'median CPU s/round':>19s} {'x local sgd':>12s}")
     for name in VARIANTS:
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        print(f"{name:<10s} {len(wall[name]):12d} {w:20.3f} {w / base_wall:12.2f} {c:19.3f} {c / base_cpu:12.2f}",
+        print(f"{name:<18s} {len(wall[name]):12d} {w:20.3f} {w / base_wall:12.2f} {c:19.3f} {c / base_cpu:12.2f}",
               flush=True)
 
 

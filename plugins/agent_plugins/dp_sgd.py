@@ -7,6 +7,8 @@ Gaussian noise ``N(0, (z C)^2 I)`` and divides by the expected batch size ``q n`
 optimizer takes its step from that (post-processing). Each agent's steps are per-agent state
 (checkpointed), and its epsilon composes ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` over them
 with dp-accounting's RDP accountant (:mod:`flcore_plugins.server_plugins.privacy_accounting`).
+It runs on every backend: on the vectorized one :meth:`DPSGD.vectorized_gradients` does the same
+per agent on the stacked per-sample gradients, with the same batches and noise draws.
 """
 
 from __future__ import annotations

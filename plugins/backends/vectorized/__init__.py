@@ -10,7 +10,9 @@ The round's cohort trains in chunks sized to the device's free memory, measured 
 probe step.
 
 Agent-side plugins that declare ``vectorizable`` run here: their loss terms inside the ``vmap``,
-their other steps once per agent. What it cannot reproduce (an fp16 gradient scaler, a plugin that
+a gradient plugin's ``vectorized_gradients`` on per-agent, per-sample gradients from a nested
+``vmap`` (DP-SGD), a batch plugin's ``epoch_batches`` per agent (padded and masked), their other
+steps once per agent. What it cannot reproduce (an fp16 gradient scaler, a plugin that
 is not vectorizable, a layer such as ``AlphaDropout`` or ``SyncBatchNorm``, a forward pass that
 draws random numbers outside dropout layers or changes other buffers) is named by
 :meth:`VectorizedBackend.check`; the run then falls back to ``sequential`` with a warning, or exits
