@@ -361,16 +361,18 @@ def test_bad_input_exits_2_naming_the_field(tmp_path, change, expected):
     ("plugin", "reason"),
     [
         ({"name": "finetune"}, "it trains each agent at evaluation time"),
-        ({"name": "fedper", "head": ["net.3"]}, "it loads each agent's own head"),
-        ({"name": "fedrep", "head": ["net.3"]}, "it trains the head through agent.fit"),
+        ({"name": "fedper", "head": ["net.4"]}, "it loads each agent's own head"),
+        ({"name": "fedrep", "head": ["net.4"]}, "it trains the head through agent.fit"),
         ({"name": "ditto"}, "it trains a second, personal model"),
+        ({"name": "fedbn"}, "it loads each agent's own BatchNorm weights"),
     ],
 )
 def test_strict_vectorized_refuses_saying_why(tmp_path, plugin, reason):
     config = tiny_config(agent_plugins=[plugin], backend={"name": "vectorized", "strict": True})
+    config["model"] = "bn_mlp"
     name = plugin["name"]
     with pytest.raises(ConfigError, match=f"agent-side plugin '{name}' does not declare vectorizable \\({reason}"):
-        Experiment(validate_config(config)).run(out_dir=tmp_path, progress=False)
+        experiment_of(config).run(out_dir=tmp_path, progress=False)
 
 
 # ------------------------------------------------------------------------------------ report
