@@ -316,9 +316,15 @@ def test_run_3_then_resume_2_equals_run_5(tmp_path, plugins, model):
 def test_a_sample_of_agents_is_evaluated_on_the_schedule(tmp_path):
     config = config_for([], agents=6, rounds=3)
     config["evaluation"].update(per_agent_every=2, per_agent_agents=3)
+    _, _, held, model = setting(config)
     result = experiment_of(config).run(out_dir=tmp_path, progress=False)
     assert "agent_acc_mean" not in result.history[0]
     assert [r["agents_evaluated"] for r in result.history[1:]] == [3, 3]
+    # the last round's sample: 3 of the 6 agents, drawn from (seed, EVALUATION, round) alone
+    chosen = np.sort(seeding.numpy_rng(0, seeding.EVALUATION, 2).choice(6, size=3, replace=False))
+    model.load_state_dict(result.state_dict)
+    sample = [held[k] for k in chosen]
+    assert_row(result.history[-1], [accuracy(model, x, y) for x, y in sample], sample)
 
 
 # ------------------------------------------------------------------------------------ bad input
