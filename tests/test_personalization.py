@@ -5,6 +5,7 @@ across two rounds and a resume."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -311,6 +312,21 @@ def test_run_3_then_resume_2_equals_run_5(tmp_path, plugins, model):
         assert torch.equal(resumed.state_dict[name], value), name
     columns = ["test_acc", "agent_acc_mean", "agent_acc_p10", "agent_acc_std"]
     assert [[r[c] for c in columns] for r in resumed.history] == [[r[c] for c in columns] for r in straight.history]
+
+
+def test_personal_state_beyond_the_memory_budget_gives_the_same_run(tmp_path):
+    """Ditto's personal models (2.6 kB each) with room for one in memory: the rest wait on disk
+    (federation.agent_state_memory_mb), and the model and per-agent metrics are unchanged."""
+    config = config_for([{"name": "ditto", "lam": 0.2}], agents=5, rounds=3, epochs=1)
+    config["federation"]["sampler"] = {"name": "uniform", "count": 3}
+    roomy = experiment_of(config).run(out_dir=tmp_path / "a", progress=False)
+    config["federation"]["agent_state_memory_mb"] = 0.003
+    tight = experiment_of(config).run(out_dir=tmp_path / "b", progress=False)
+    assert json.loads((tight.run_dir / "summary.json").read_text())["agent_state"]["values_spilled"] > 0
+    for name, value in roomy.state_dict.items():
+        assert torch.equal(tight.state_dict[name], value), name
+    columns = ["agent_acc_mean", "agent_acc_p10", "agent_loss_mean"]
+    assert [[r[c] for c in columns] for r in tight.history] == [[r[c] for c in columns] for r in roomy.history]
 
 
 def test_a_sample_of_agents_is_evaluated_on_the_schedule(tmp_path):
