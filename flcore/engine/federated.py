@@ -69,7 +69,7 @@ class FederatedRun:
         self.fabric, self.is_main = fabric, backend.rank == 0
         self.data, self.model = build_data_and_model(config, components)
         self.partition = build_partition(config, components, self.data)
-        self.holdout = self._hold_out(config)
+        self.holdout, self.per_agent = self._hold_out(config)
         self._build_round_components(components, backend)
         self.population = build_population(self.partition, self.components + [backend], config.seed)
         self.population.spill_to(str(run_dir.path / f"{SPILL_FOLDER}-rank-{backend.rank}"),
@@ -390,27 +390,25 @@ class FederatedRun:
             component.on_evaluate(context, score)
         return {"test_loss": metrics["loss"], "test_acc": metrics["acc"]}
 
-    def _hold_out(self, config: ExperimentConfig) -> Any:
-        """Carve each agent's held-out split from its shard (``evaluation.holdout``); the agents
-        then train on the rest. ``None`` without a holdout."""
+    def _hold_out(self, config: ExperimentConfig) -> tuple[Any, PerAgentEvaluation | None]:
+        """Carve each agent's held-out split from its shard (``evaluation.holdout``; the agents then
+        train on the rest), and the per-agent evaluation's schedule: ``(None, None)`` without them."""
         evaluation = config.evaluation
-        self.per_agent = None
         if evaluation.per_agent_every is not None and evaluation.holdout == 0:
             raise ConfigError(f"evaluation.per_agent_every = {evaluation.per_agent_every}: per-agent evaluation scores "
                               "each agent on its held-out split, and evaluation.holdout is 0; set evaluation.holdout "
                               "to a share in (0, 1), such as 0.2.")
         if evaluation.holdout == 0:
-            return None
-        labels = np.asarray(self.data.train_labels)
-        self.partition, holdout = split_holdout(self.partition, labels, evaluation.holdout,
+            return None, None
+        self.partition, holdout = split_holdout(self.partition, np.asarray(self.data.train_labels), evaluation.holdout,
                                                 seeding.numpy_rng(config.seed, seeding.PARTITION, 1))
-        if evaluation.per_agent_every is not None:
-            if not (holdout.sizes > 0).any():
-                raise ConfigError(f"evaluation.holdout = {evaluation.holdout}: no agent holds out a sample (each "
-                                  "class keeps at least one training sample per agent); raise the share or give the "
-                                  "agents more data.")
-            self.per_agent = PerAgentEvaluation(evaluation, holdout, config.seed)
-        return holdout
+        if evaluation.per_agent_every is None:
+            return holdout, None
+        if not (holdout.sizes > 0).any():
+            raise ConfigError(f"evaluation.holdout = {evaluation.holdout}: no agent holds out a sample (each class "
+                              "keeps at least one training sample per agent); raise the share or give the agents more "
+                              "data.")
+        return holdout, PerAgentEvaluation(evaluation, holdout, config.seed)
 
     def _evaluate_agents(self, context: RoundContext) -> dict[str, float]:
         """Per-agent evaluation: each scheduled agent's model (the global one, made personal by the
@@ -418,12 +416,11 @@ class FederatedRun:
         if self._personal_trainer is None:
             self._personal_trainer = LocalTrainer(self.setup)
         context = replace(context, global_vector=self.global_vector, global_buffers=self.global_buffers)
-        lr = context.lr
         agents = self.per_agent.agents(context.index)
         scores = []
         for agent in agents.tolist():
             held = torch.from_numpy(self.holdout.shard(agent))
-            self._personal_trainer.personalize(context, agent, lr)
+            self._personal_trainer.personalize(context, agent, context.lr)
             scores.append(evaluate(self.module, self.data.x_train[held], self.data.y_train[held],
                                    self.data.transform, self.config.evaluation.batch_size, self.fabric.device))
         self.weights.load(self.global_vector, self.global_buffers)

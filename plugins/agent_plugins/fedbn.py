@@ -46,7 +46,7 @@ class FedBN(AgentPlugin):
     def _load(self, agent: AgentContext) -> None:
         root = root_module(agent)
         layers = norm_layers(root)
-        self._parts = PersonalParts(root, agent.params, {id(p) for _, m in layers for p in m.parameters()})
+        self._parts = PersonalParts(agent.params, {id(p) for _, m in layers for p in m.parameters()})
         self._buffers = [(f"{name}.{b}", buf) for name, m in layers for b, buf in m.named_buffers(recurse=False)
                          if buf is not None]
         self._global = {name: buf.detach().clone() for name, buf in self._buffers}

@@ -47,9 +47,9 @@ def check_modules(model: torch.nn.Module | None, names: Sequence[str], field: st
 
 class PersonalParts:
     """Which entries of ``agent.params`` (and which coordinates of the flat update) a set of
-    modules owns; found once, from the model the agent trains."""
+    modules own (``owned``: the ids of their parameter tensors)."""
 
-    def __init__(self, model: torch.nn.Module, params: list[torch.Tensor], owned: set[int]) -> None:
+    def __init__(self, params: list[torch.Tensor], owned: set[int]) -> None:
         self.index = [i for i, p in enumerate(params) if id(p) in owned]
         offsets = [0]
         for p in params:
@@ -95,7 +95,7 @@ class FedPer(AgentPlugin):
     def _parts(self, agent: AgentContext) -> PersonalParts:
         root = root_module(agent)
         owned = {id(p) for name in self.params.head for p in root.get_submodule(name).parameters()}
-        return PersonalParts(root, agent.params, owned)
+        return PersonalParts(agent.params, owned)
 
     def _load_head(self, agent: AgentContext) -> None:
         self._head = self._parts(agent)
