@@ -17,11 +17,20 @@ from pydantic import Field
 
 from flcore.agent_plugin import AgentPlugin
 from flcore.agents import AgentField
-from flcore.engine.weights import flatten, load_vector
 from flcore.params import ComponentParams
-from flcore.protocol import AgentContext, AgentResult
+from flcore.protocol import AgentContext, AgentResult, split_like
 
 FIELD = "ditto_personal"
+
+
+def flatten(params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+@torch.no_grad()
+def load_vector(params: list[torch.Tensor], vector: torch.Tensor) -> None:
+    for p, value in zip(params, split_like(vector.to(params[0]), params)):
+        p.copy_(value)
 
 
 class DittoParams(ComponentParams):
@@ -43,12 +52,12 @@ class Ditto(AgentPlugin):
     def _load_personal(self, agent: AgentContext) -> None:
         stored = agent.state[FIELD]
         if stored is not None:
-            load_vector(agent.params, stored.to(agent.params[0]))
+            load_vector(agent.params, stored)
 
     def on_update(self, agent: AgentContext, result: AgentResult) -> None:
         if agent.fit is None:
             raise RuntimeError("ditto needs agent.fit, which this backend does not offer")
-        load_vector(agent.params, torch.cat([g.reshape(-1) for g in agent.global_params]))
+        load_vector(agent.params, flatten(agent.global_params))
         self._load_personal(agent)
         lam, anchor = self.params.lam, agent.global_params
 
