@@ -16,6 +16,10 @@ At most one plugin of a run may implement :meth:`~AgentPlugin.epoch_batches`, an
 :meth:`~AgentPlugin.compute_gradients`; the engine calls either only where a plugin implements it,
 so the plain loop is unchanged otherwise.
 
+Separately, before an agent is scored on its held-out split (``evaluation.per_agent_every``),
+:meth:`AgentPlugin.personalize` turns the global weights into the model that agent would use: a
+personal head loaded from its state (FedPer), its own model (Ditto), a few steps of fine-tuning.
+
 Plugins compose as an ordered list (``federation.agent_plugins``); a strategy's required plugins come
 first. Per-agent state is declared with :meth:`~flcore.protocol.RoundComponent.state_fields` and read
 and written through ``agent.state``; values for the server go through ``agent.send``. Both travel in
@@ -105,3 +109,9 @@ class AgentPlugin(RoundComponent):
 
     def on_update(self, agent: AgentContext, result: AgentResult) -> None:
         """The finished update: edit ``result.delta`` (or its metrics) in place."""
+
+    def personalize(self, agent: AgentContext) -> None:
+        """Before the agent's per-agent evaluation, with the global weights loaded into
+        ``agent.params`` (and buffers into ``agent.model``): edit them in place into the agent's own
+        model (load per-agent state, ``agent.fit`` a few steps). Plugins run in list order, on rank
+        0, between rounds; writes to ``agent.state`` are discarded and nothing is sent."""

@@ -185,6 +185,13 @@ class EvaluationConfig(_Section):
     every: int = Field(1, gt=0, description="Evaluate on the test split every k rounds and at the end.")
     batch_size: int = Field(1024, gt=0, description="Evaluation batch size.")
     local: bool = Field(False, description="Also evaluate the global model on each sampled agent's shard.")
+    holdout: float = Field(0.0, ge=0, lt=1, description="Share of each agent's shard held out for per-agent "
+                           "evaluation: stratified by label and seeded; agents train on the rest (0: none).")
+    per_agent_every: int | None = Field(None, gt=0, description="Score each agent on its held-out split every k "
+                                        "rounds and after the last, with the model it would use (agent-side "
+                                        "plugins' personalize); needs holdout > 0. None: never.")
+    per_agent_agents: int | None = Field(None, gt=0, description="Score a seeded sample of this many agents per "
+                                         "per-agent evaluation (for large populations); None: every agent.")
 
 
 class RuntimeConfig(_Section):

@@ -126,6 +126,27 @@ def privacy_figure(curves: Sequence[tuple[Curve, np.ndarray]]) -> Any:
     return fig
 
 
+def per_agent_figure(runs: Sequence[tuple[str, np.ndarray, dict[str, np.ndarray]]]) -> Any:
+    """Per-agent accuracy on the held-out splits over rounds, one colour per run: the mean as a
+    line, the 10th to 90th percentile as a band (fairness is judged on the worst agents), the
+    10th percentile dashed. ``runs`` holds each run's label, rounds and ``agent_acc_*`` columns."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for index, (label, step, columns) in enumerate(runs):
+        colour = f"C{index % 10}"
+        seen = ~np.isnan(columns["agent_acc_mean"])
+        ax.fill_between(step[seen], columns["agent_acc_p10"][seen], columns["agent_acc_p90"][seen], color=colour,
+                        alpha=0.2, label=f"{label} p10-p90")
+        ax.plot(step[seen], columns["agent_acc_mean"][seen], marker=".", color=colour, label=f"{label} mean")
+        ax.plot(step[seen], columns["agent_acc_p10"][seen], linestyle="--", color=colour, alpha=0.8)
+    ax.set(xlabel="round", ylabel="held-out accuracy", title="per-agent accuracy", ylim=(0, 1))
+    _whole_number_ticks(ax.xaxis)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def agents_figure(agent: np.ndarray, round_index: np.ndarray, epoch: np.ndarray, loss: np.ndarray,
                   acc: np.ndarray, shown: int = 3) -> Any:
     """Local loss and accuracy of the most-selected agents over their rounds and epochs (Figure 9)."""

@@ -260,6 +260,7 @@ class AgentContext:
     epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     score: Callable[[], dict[str, float]] | None = field(default=None, repr=False)
+    fit: Callable[..., int] | None = field(default=None, repr=False)
 
     def send(self, component: Any, key: str, value: Any) -> None:
         """Send ``value`` to the server under ``<component>/<key>`` (in ``AgentResult.extra``)."""
@@ -389,7 +390,8 @@ class RunPlan:
     where a check runs without building it (a sweep's cells before their first run); ``sampler``
     the run's sampler, to read its declared capabilities (``uniform``) and ``component_name``;
     ``training`` the run's ``training`` section (``batch_size``, ``epochs``, ``max_steps``), ``None``
-    where a check runs without one.
+    where a check runs without one; ``shard_sizes`` the agents' training-shard sizes (after
+    ``evaluation.holdout``), ``None`` where not known yet.
     """
 
     agents: int
@@ -399,3 +401,4 @@ class RunPlan:
     model: Any = None
     sampler: Any = None
     training: Any = None
+    shard_sizes: Any = None

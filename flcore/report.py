@@ -33,6 +33,7 @@ from flcore.plots import (
     global_figure,
     memory_figure,
     partition_figure,
+    per_agent_figure,
     privacy_figure,
     sampling_figure,
     save_figure,
@@ -93,6 +94,10 @@ class History:
         return Curve(label, self.step, self.column("test_acc"), self.column("test_loss"), train)
 
 
+#: the per-agent evaluation columns the report plots (flcore.engine.personal)
+PER_AGENT = ("agent_acc_mean", "agent_acc_p10", "agent_acc_p90")
+
+
 def read_history(files: RunFiles) -> History:
     """metrics.csv of a run folder, or a UserError saying why it is not a (started) run."""
     rows = files.csv_rows("metrics.csv")
@@ -105,7 +110,7 @@ def read_history(files: RunFiles) -> History:
     if step_name not in rows[0]:
         raise UserError(f"{where} lacks the column 'round' (or 'epoch' for a centralized run); its columns are "
                         f"{', '.join(rows[0])}.")
-    plotted = ["test_acc", "test_loss", "train_loss", "virtual_seconds"] + [
+    plotted = ["test_acc", "test_loss", "train_loss", "virtual_seconds", *PER_AGENT] + [
         k for k in rows[0] if k.startswith("memory/") or k.endswith("/epsilon")]
     columns = {name: numbers(rows, name, where) for name in plotted if name in rows[0]}
     return History(step_name, numbers(rows, step_name, where, integer=True), columns)
@@ -199,6 +204,11 @@ def report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) ->
     if private:  # a privacy component reported epsilon
         figures.append(("Accuracy against privacy spent (epsilon)",
                         save_figure(privacy_figure(private), out / "privacy.png")))
+    personal = [(name, h.step, {k: h.column(k) for k in PER_AGENT}) for name, h in histories
+                if np.isfinite(h.column("agent_acc_mean")).any()]
+    if personal:  # evaluation.per_agent_every scored each agent on its held-out split
+        figures.append(("Per-agent accuracy on held-out splits (mean, 10th-90th percentile)",
+                        save_figure(per_agent_figure(personal), out / "per_agent.png")))
     sections: list[str] = []
     if records:
         record = records[0]

@@ -132,12 +132,12 @@ def training_tensors(data: Any, device: Any) -> tuple[Any, Any]:
 
 
 def check_run(config: ExperimentConfig, components: dict[str, Any], built: dict[str, Any], data: Any,
-              model: Any = None) -> None:
+              model: Any = None, shard_sizes: Any = None) -> None:
     """Each round component's :meth:`~flcore.protocol.RoundComponent.check_run` against the run's
     facts, before any round: a ``ValueError`` becomes bad input naming its config section."""
     federation = config.federation
     plan = RunPlan(federation.agents, federation.rounds, built["sampler"].cohort_size(federation.agents), data,
-                   model, built["sampler"], config.training)
+                   model, built["sampler"], config.training, shard_sizes)
     for kind in ("sampler", "aggregator", "server_plugin", "agent_plugin", "agent_metadata"):
         entries, items = components[kind], built[kind]
         for resolved, item in zip(entries, items) if isinstance(items, list) else [(entries, items)]:

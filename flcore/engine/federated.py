@@ -42,6 +42,7 @@ from flcore.engine.evaluation import evaluate
 from flcore.engine.guard import RunInterrupted, RunLock, terminate_as_interrupt
 from flcore.engine.local import LocalTrainer
 from flcore.engine.observers import log_run_artifacts, memory_stats
+from flcore.engine.personal import PerAgentEvaluation, split_holdout, summarize
 from flcore.engine.recording import Progress, Recorder, progress_mode
 from flcore.engine.result import RunResult
 from flcore.engine.rundir import RunDirectory, partition_record
@@ -68,6 +69,7 @@ class FederatedRun:
         self.fabric, self.is_main = fabric, backend.rank == 0
         self.data, self.model = build_data_and_model(config, components)
         self.partition = build_partition(config, components, self.data)
+        self.holdout, self.per_agent = self._hold_out(config)
         self._build_round_components(components, backend)
         self.population = build_population(self.partition, self.components + [backend], config.seed)
         self.population.spill_to(str(run_dir.path / f"{SPILL_FOLDER}-rank-{backend.rank}"),
@@ -107,7 +109,7 @@ class FederatedRun:
         self.agent_plugins, self.server_plugins, self.metadata = \
             built["agent_plugin"], built["server_plugin"], built["agent_metadata"]
         check_server_plugins(self.strategy, self.server_plugins, self.labels)
-        check_run(self.config, components, built, self.data, self.model)
+        check_run(self.config, components, built, self.data, self.model, self.partition.sizes)
         self.training = self.strategy.configure_training(self.config.training)
         self.availability, self.devices, self.policy = \
             built["availability"], built["device_profile"], built["round_policy"]
@@ -129,6 +131,7 @@ class FederatedRun:
         self.setup = TrainingSetup(self.fabric, self.model, module, x, y, self.data.transform, self.config.seed,
                                    self.training, self.strategy, self.agent_plugins, self.population)
         self._server_trainer: LocalTrainer | None = None
+        self._personal_trainer: LocalTrainer | None = None
         return prepare_backend(backend, self.setup, self.labels[id(backend)])
 
     # -------------------------------------------------------------------------------- rounds
@@ -160,6 +163,9 @@ class FederatedRun:
         if ((r + 1) % self.config.evaluation.every == 0 or last) and self.is_main:
             with profile("evaluate"):
                 row.update(self._evaluate(context))
+        if self.per_agent is not None and self.per_agent.due(r, federation.rounds) and self.is_main:
+            with profile("evaluate"):
+                row.update(self._evaluate_agents(context))
         row.update(context.metrics)
         row.update(memory_stats(self.fabric.device))
         self.next_round = r + 1
@@ -390,6 +396,42 @@ class FederatedRun:
         for component in self.phase["on_evaluate"]:
             component.on_evaluate(context, score)
         return {"test_loss": metrics["loss"], "test_acc": metrics["acc"]}
+
+    def _hold_out(self, config: ExperimentConfig) -> tuple[Any, PerAgentEvaluation | None]:
+        """Carve each agent's held-out split from its shard (``evaluation.holdout``; the agents then
+        train on the rest), and the per-agent evaluation's schedule: ``(None, None)`` without them."""
+        evaluation = config.evaluation
+        if evaluation.per_agent_every is not None and evaluation.holdout == 0:
+            raise ConfigError(f"evaluation.per_agent_every = {evaluation.per_agent_every}: per-agent evaluation scores "
+                              "each agent on its held-out split, and evaluation.holdout is 0; set evaluation.holdout "
+                              "to a share in (0, 1), such as 0.2.")
+        if evaluation.holdout == 0:
+            return None, None
+        self.partition, holdout = split_holdout(self.partition, np.asarray(self.data.train_labels), evaluation.holdout,
+                                                seeding.numpy_rng(config.seed, seeding.PARTITION, 1))
+        if evaluation.per_agent_every is None:
+            return holdout, None
+        if not (holdout.sizes > 0).any():
+            raise ConfigError(f"evaluation.holdout = {evaluation.holdout}: no agent holds out a sample (each class "
+                              "keeps at least one training sample per agent); raise the share or give the agents more "
+                              "data.")
+        return holdout, PerAgentEvaluation(evaluation, holdout, config.seed)
+
+    def _evaluate_agents(self, context: RoundContext) -> dict[str, float]:
+        """Per-agent evaluation: each scheduled agent's model (the global one, made personal by the
+        agent-side plugins' ``personalize``) on the agent's held-out split; the row gets the summary."""
+        if self._personal_trainer is None:
+            self._personal_trainer = LocalTrainer(self.setup)
+        context = replace(context, global_vector=self.global_vector, global_buffers=self.global_buffers)
+        agents = self.per_agent.agents(context.index)
+        scores = []
+        for agent in agents.tolist():
+            held = torch.from_numpy(self.holdout.shard(agent))
+            self._personal_trainer.personalize(context, agent, context.lr)
+            scores.append(evaluate(self.module, self.data.x_train[held], self.data.y_train[held],
+                                   self.data.transform, self.config.evaluation.batch_size, self.fabric.device))
+        self.weights.load(self.global_vector, self.global_buffers)
+        return summarize(scores, self.holdout.sizes[agents])
 
     def _train_on_server(self, context: RoundContext, indices: np.ndarray,
                          instruction: Instruction | None) -> AgentResult:

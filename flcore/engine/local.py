@@ -68,6 +68,7 @@ class LocalTrainer:
         # at most one plugin may choose the batches or compute the gradient (DP-SGD does both)
         self.batches = only_one(plugins_overriding(plugins, "epoch_batches"), "epoch_batches")
         self.gradient = only_one(plugins_overriding(plugins, "compute_gradients"), "compute_gradients")
+        self.personalizing = plugins_overriding(plugins, "personalize")
 
     def run(self, context: RoundContext, instruction: Instruction) -> AgentResult:
         """Train one agent; a raise or a divergence becomes a failed result (never propagates)."""
@@ -109,7 +110,8 @@ class LocalTrainer:
         agent = AgentContext(agent_id, round_index, instruction, self.params,
                              split_like(context.global_vector, self.params), lr, n,
                              AgentState(setup.population, agent_id), model=self.model,
-                             score=lambda: self.score(shard))
+                             score=lambda: self.score(shard),
+                             fit=self.fitter(shard, lr, (seeding.TRAINING, round_index, stream, 3)))
         for plugin in self.starting:
             plugin.on_agent_start(agent)
         batch_size = training.batch_size or n
@@ -179,6 +181,79 @@ class LocalTrainer:
         terms = [t for p in self.penalizing if (t := p.loss_term(agent, self.params, agent.global_params)) is not None]
         if terms:
             self.stepper.backward(sum(terms))
+
+    def fitter(self, shard: torch.Tensor, lr: float, keys: tuple[int, ...]):
+        """``AgentContext.fit`` for one agent: each call trains on ``shard`` with its own batch-order
+        stream, ``keys`` plus the call's number."""
+        calls = iter(range(2**31))
+
+        def fit(steps: int | None = None, epochs: int | None = None, params: list[torch.Tensor] | None = None,
+                loss_term=None, lr: float | None = lr) -> int:
+            return self.fit(shard, keys + (next(calls),), steps, epochs, params, loss_term, lr)
+
+        return fit
+
+    def fit(self, shard: torch.Tensor, keys: tuple[int, ...], steps: int | None, epochs: int | None,
+            params: list[torch.Tensor] | None, loss_term, lr: float) -> int:
+        """Train the weights now in the model on ``shard`` for ``steps`` steps or ``epochs`` passes
+        (only ``params``, a fresh optimizer at ``lr``, ``loss_term(params)`` added); the steps taken."""
+        setup, training = self.setup, self.setup.training
+        n = len(shard)
+        batch_size = training.batch_size or n
+        per_epoch = math.ceil(n / batch_size)
+        total = steps if steps is not None else (epochs or 0) * per_epoch
+        if n == 0 or total <= 0:
+            return 0
+        trained = list(self.params if params is None else params)
+        optimizer = build_optimizer(training.optimizer, trained)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer = self.stepper.setup_optimizer(optimizer)
+        order_gen = seeding.torch_generator(setup.seed, *keys)
+        was_training = self.model.training
+        self.model.train()
+        done = 0
+        while done < total:
+            order = shard[torch.randperm(n, generator=order_gen)]
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                xb = setup.transform(setup.x[idx].to(self.device, non_blocking=True))
+                yb = setup.y[idx].to(self.device, non_blocking=True)
+                objective = compute_loss(self.model(xb), yb, training)
+                if loss_term is not None:
+                    objective = objective + loss_term(trained)
+                for p in self.params:
+                    p.grad = None
+                self.stepper.backward(objective)
+                if training.grad_clip_norm is not None:
+                    self.stepper.clip(optimizer, training.grad_clip_norm)
+                optimizer.step()
+                done += 1
+                if done >= total:
+                    break
+        for p in self.params:
+            p.grad = None
+        self.model.train(was_training)
+        return done
+
+    def personalize(self, context: RoundContext, agent_id: int, lr: float) -> None:
+        """Load the global model, then let the plugins' ``personalize`` make it this agent's own
+        (per-agent evaluation); ``agent.fit`` uses the agent's training shard and an evaluation
+        stream, and torch is seeded from ``(seed, EVALUATION, round, agent)``."""
+        setup = self.setup
+        self.weights.load(context.global_vector, context.global_buffers)
+        if not self.personalizing:
+            return
+        shard = torch.from_numpy(np.asarray(setup.population.shard(agent_id)))
+        seeding.seed_torch(setup.seed, seeding.EVALUATION, context.index, agent_id, device=self.device)
+        instruction = Instruction(agent_id, setup.training.epochs, setup.training.max_steps)
+        agent = AgentContext(agent_id, context.index, instruction, self.params,
+                             split_like(context.global_vector, self.params), lr, len(shard),
+                             AgentState(setup.population, agent_id), model=self.model,
+                             score=lambda: self.score(shard),
+                             fit=self.fitter(shard, lr, (seeding.EVALUATION, context.index, agent_id, 1)))
+        for plugin in self.personalizing:
+            plugin.personalize(agent)
 
     @torch.no_grad()
     def score(self, indices: torch.Tensor) -> dict[str, float]:

@@ -19,3 +19,13 @@ def register_agent_plugins(register):
              "SCAFFOLD's agent side: corrects each step by c - c_i and keeps c_i per agent.")
     register("dp_sgd", f"{_MODULE}.dp_sgd:DPSGD",
              "Sample-level DP-SGD: Poisson batches, clipped per-sample gradients, Gaussian noise, epsilon per agent.")
+    register("finetune", f"{_MODULE}.finetune:Finetune",
+             "Local fine-tuning: k steps from the global model on the agent's data before it is scored.")
+    register("fedper", f"{_MODULE}.fedper:FedPer",
+             "FedPer's personal head (Arivazhagan et al. 2019): the named modules stay per agent, never aggregated.")
+    register("fedrep", f"{_MODULE}.fedper:FedRep",
+             "FedRep (Collins et al. 2021): the personal head trained first, then the shared body.")
+    register("ditto", f"{_MODULE}.ditto:Ditto",
+             "Ditto (Li et al. 2021): a personal model per agent pulled toward the global one by lambda.")
+    register("fedbn", f"{_MODULE}.fedbn:FedBN",
+             "FedBN (Li et al. 2021): BatchNorm weights and statistics stay with each agent.")
