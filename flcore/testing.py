@@ -52,6 +52,51 @@ def run_tiny_experiment(out_dir: str | Path, config: dict[str, Any] | None = Non
     return Experiment(validate_config(config or tiny_config(**federation))).run(out_dir=out_dir, progress=False)
 
 
+def validate_exit(out_dir: str | Path, config: dict[str, Any]) -> str:
+    """``flcore validate`` on ``config`` (written to ``out_dir``): assert it is refused as bad input
+    (exit code 2, no traceback) and return the message with its whitespace folded, for a test to
+    check that it names the field."""
+    import yaml
+    from click.testing import CliRunner
+
+    from flcore.cli import main
+
+    path = Path(out_dir) / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    return " ".join(result.output.split())
+
+
+def run_in_one_and_two_processes(out_dir: str | Path, config: dict[str, Any]) -> tuple[Path, Path]:
+    """``flcore run`` on ``config`` in one process and with ``--devices 2`` (the distributed
+    backend's two gloo processes), each in a fresh interpreter; assert both exit 0 and that their
+    final models are bit-identical; return the two run folders (to compare metrics, say)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+
+    out_dir = Path(out_dir)
+    path = out_dir / "distributed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "flcore.cli", "run", str(path), "--quiet", "--out"]
+    runs = []
+    for folder, extra in (("one", []), ("two", ["--devices", "2"])):
+        done = subprocess.run(command + [str(out_dir / folder), *extra], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs.append(next((out_dir / folder).glob("*/model.pt")).parent)
+    one, two = (torch.load(run / "model.pt", weights_only=True) for run in runs)
+    for name in one:
+        assert torch.equal(one[name], two[name]), f"{name} differs between one and two processes"
+    return runs[0], runs[1]
+
+
 def build(kind: str, name: str, registry: Registry | None = None, **params: Any) -> Any:
     """Resolve and construct a component (not a model or dataset) with the given parameters."""
     component = (registry or discover()).resolve(kind, name)

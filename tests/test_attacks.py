@@ -28,7 +28,7 @@ from flcore.protocol import (
     RoundContext,
     component_rng,
 )
-from flcore.testing import build, check_agent_plugin
+from flcore.testing import build, check_agent_plugin, run_in_one_and_two_processes
 
 ATTACKS = {
     "sign_flip": {"scale": 4.0},
@@ -318,25 +318,8 @@ def test_bad_attack_parameters_exit_2_naming_the_field(tmp_path, attack, message
 def test_attacks_give_the_same_model_over_two_processes(tmp_path, tiny_config, attack):
     """The distributed backend: malicious agents chosen alike in every process, triggers and
     colluding rewrites applied to the gathered results: bit-identical to one process."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
     tiny_config["federation"].update(agent_plugins=[attack], sampler={"name": "uniform", "count": 5})
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(tiny_config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "flcore.cli", "run", str(config), "--quiet", "--out"]
-    for folder, extra in (("one", []), ("two", ["--devices", "2"])):
-        done = subprocess.run(command + [str(tmp_path / folder), *extra], env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-    a = torch.load(next((tmp_path / "one").glob("*/model.pt")), weights_only=True)
-    b = torch.load(next((tmp_path / "two").glob("*/model.pt")), weights_only=True)
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    run_in_one_and_two_processes(tmp_path, tiny_config)
 
 
 @pytest.mark.slow

@@ -7,18 +7,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from click.testing import CliRunner
 
 from flcore import seeding
-from flcore.cli import main
 from flcore.config import validate_config
 from flcore.engine.assembly import build_partition
 from flcore.engine.state_store import read_checkpoint
 from flcore.errors import ConfigError
 from flcore.experiment import Experiment
 from flcore.protocol import AgentResult
-from flcore.testing import build, check_aggregator, round_context, tiny_config
+from flcore.testing import build, check_aggregator, round_context, tiny_config, validate_exit
 
 LR = 0.1
 
@@ -44,15 +41,6 @@ def setting(config: dict) -> tuple[Experiment, list[tuple[torch.Tensor, torch.Te
 
 def logits(model: torch.nn.Module, names: list[str], params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return torch.func.functional_call(model, dict(zip(names, params)), (x,))
-
-
-def validate_exit(tmp_path, config: dict) -> str:
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(main, ["validate", str(path)])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    return result.output
 
 
 # ------------------------------------------------------------------------------------ FedDyn

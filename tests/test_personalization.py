@@ -25,7 +25,7 @@ from flcore.errors import ConfigError
 from flcore.experiment import Experiment
 from flcore.models import ClassifierModule
 from flcore.params import NoParams
-from flcore.testing import tiny_config
+from flcore.testing import tiny_config, validate_exit
 
 LR = 0.1
 HOLDOUT = 0.25
@@ -344,15 +344,6 @@ def test_a_sample_of_agents_is_evaluated_on_the_schedule(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ bad input
-def validate_exit(tmp_path, config: dict) -> str:
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(main, ["validate", str(path)])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    return " ".join(result.output.split())
-
-
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

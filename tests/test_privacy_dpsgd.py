@@ -20,7 +20,7 @@ from flcore.config import validate_config
 from flcore.experiment import Experiment
 from flcore.partition import Partition
 from flcore.protocol import RunPlan
-from flcore.testing import build, check_agent_plugin, tiny_config
+from flcore.testing import build, check_agent_plugin, run_in_one_and_two_processes, tiny_config
 
 dp_accounting = pytest.importorskip("dp_accounting")
 
@@ -299,25 +299,11 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path):
     batches are seeded per agent and round, and each agent's step count travels in its result, so
     the model and every round's epsilon equal one process's bit for bit (about 30 s)."""
     import csv
-    import os
-    import subprocess
-    import sys
 
     config = tiny_config(agent_plugins=[{"name": "dp_sgd", "noise_multiplier": 0.8, "delta": 1e-4}],
                          sampler={"name": "uniform", "count": 5}, backend="distributed")
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "flcore.cli", "run", str(path), "--out"]
-    for folder, extra in (("one", []), ("two", ["--devices", "2"])):
-        done = subprocess.run(command + [str(tmp_path / folder), *extra], env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-    a = torch.load(next((tmp_path / "one").glob("*/model.pt")), weights_only=True)
-    b = torch.load(next((tmp_path / "two").glob("*/model.pt")), weights_only=True)
-    assert all(torch.equal(a[name], b[name]) for name in a)
-    epsilons = [[row["dp_sgd/epsilon"] for row in csv.DictReader(open(next((tmp_path / d).glob("*/metrics.csv"))))]
-                for d in ("one", "two")]
+    runs = run_in_one_and_two_processes(tmp_path, config)
+    epsilons = [[row["dp_sgd/epsilon"] for row in csv.DictReader(open(run / "metrics.csv"))] for run in runs]
     assert epsilons[0] == epsilons[1] and len(epsilons[0]) == 3
 
 
