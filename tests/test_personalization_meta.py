@@ -9,8 +9,17 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_personalization import accuracy, assert_model, assert_row, config_for, experiment_of, fedavg, setting, \
-    sgd, validate_exit
+from test_personalization import (
+    accuracy,
+    assert_model,
+    assert_row,
+    config_for,
+    experiment_of,
+    fedavg,
+    setting,
+    sgd,
+    validate_exit,
+)
 from torch.func import functional_call
 
 from flcore import seeding
