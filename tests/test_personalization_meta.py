@@ -1,4 +1,4 @@
-"""The meta-learning personalization methods (Per-FedAvg) against references of their update rules
+"""The meta-learning and proximal personalization methods (Per-FedAvg, pFedMe) against references of their update rules
 written here in plain PyTorch (torch.autograd.functional for the Hessian-vector product), over two
 rounds, with a resume and their bad input."""
 
@@ -23,6 +23,7 @@ from test_personalization import (
 from torch.func import functional_call
 
 from flcore import seeding
+from flcore.engine.state_store import read_checkpoint
 from flcore.errors import ConfigError
 from flcore.testing import tiny_config
 
@@ -87,9 +88,15 @@ def test_perfedavg_follows_its_update_rule_and_adapts_one_step_before_scoring(tm
     assert_model(result, model)
 
 
-def test_perfedavg_run_3_then_resume_2_equals_run_5(tmp_path):
-    config = config_for([{"name": "perfedavg", "alpha": 0.05, "variant": "hf", "adapt_steps": 2}],
-                        model={"name": "mlp", "hidden": [8]}, agents=5, rounds=5, epochs=1)
+@pytest.mark.parametrize(
+    "plugin",
+    [{"name": "perfedavg", "alpha": 0.05, "variant": "hf", "adapt_steps": 2},
+     {"name": "pfedme", "lam": 2.0, "inner_steps": 2, "personal_lr": 0.05}],
+    ids=["perfedavg", "pfedme"],
+)
+def test_run_3_then_resume_2_equals_run_5(tmp_path, plugin):
+    """pFedMe's personal models of agents that sat out rounds survive the stop after round 3."""
+    config = config_for([plugin], model={"name": "mlp", "hidden": [8]}, agents=5, rounds=5, epochs=1)
     config["federation"]["sampler"] = {"name": "uniform", "count": 2}
     config["training"]["batch_size"] = 32
     straight = experiment_of(config).run(out_dir=tmp_path / "a", progress=False)
@@ -101,6 +108,45 @@ def test_perfedavg_run_3_then_resume_2_equals_run_5(tmp_path):
     assert [[r[c] for c in columns] for r in resumed.history] == [[r[c] for c in columns] for r in straight.history]
 
 
+def test_pfedme_follows_its_update_rule_and_scores_each_agents_personal_model(tmp_path):
+    """Two rounds, every agent, two full-batch local steps: K proximal steps on theta (from the
+    global model, carried over), then w <- w - eta lam (w - theta); the server mixes with beta
+    (FedAvg's server_lr); each agent is scored with its last theta, which the checkpoint holds."""
+    lam, inner, personal_lr, beta = 2.0, 3, 0.05, 1.5
+    config = config_for([{"name": "pfedme", "lam": lam, "inner_steps": inner, "personal_lr": personal_lr}],
+                        model={"name": "mlp", "hidden": [8]})
+    config["federation"]["aggregator"] = {"name": "fedavg", "server_lr": beta}
+    _, train, held, model = setting(config)
+    result = experiment_of(config).run(out_dir=tmp_path, progress=False)
+    personal = [None] * len(train)
+    for r in range(2):
+        locals_ = []
+        for k, (x, y) in enumerate(train):
+            w = copy.deepcopy(model)
+            theta = copy.deepcopy(model)
+            for _ in range(2):  # two local steps, each on the full batch
+                anchor = [p.detach().clone() for p in w.parameters()]
+                sgd(theta, list(theta.parameters()), x, y, steps=inner, lr=personal_lr,
+                    extra=lambda theta=theta, anchor=anchor: lam / 2 * sum(
+                        ((t - a) ** 2).sum() for t, a in zip(theta.parameters(), anchor)))
+                with torch.no_grad():
+                    for p, t in zip(w.parameters(), theta.parameters()):
+                        p.sub_(LR * lam * (p - t))
+            locals_.append(w)
+            personal[k] = theta
+        mean = copy.deepcopy(model)
+        fedavg(mean, locals_, [len(y) for _, y in train])
+        with torch.no_grad():
+            for p, m in zip(model.parameters(), mean.parameters()):
+                p.copy_((1 - beta) * p + beta * m)
+        assert_row(result.history[r], [accuracy(t, hx, hy) for t, (hx, hy) in zip(personal, held)], held)
+    assert_model(result, model)
+    stored = read_checkpoint(result.run_dir)["sparse"]["pfedme_personal"]
+    for k, theta in enumerate(personal):
+        torch.testing.assert_close(stored[k], torch.cat([p.detach().reshape(-1) for p in theta.parameters()]),
+                                   rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("plugin", "batch_size", "expected"),
     [
@@ -110,6 +156,10 @@ def test_perfedavg_run_3_then_resume_2_equals_run_5(tmp_path):
         ({"name": "perfedavg", "variant": "hf"}, 2,
          "training.batch_size = 2 is too small for perfedavg (variant 'hf'): each step splits its batch into "
          "D, D' and D''; expected at least 3"),
+        ({"name": "pfedme", "lam": 0}, 32, "'federation.agent_plugins[0].lam' = 0"),
+        ({"name": "pfedme", "inner_steps": 0}, 32, "'federation.agent_plugins[0].inner_steps' = 0"),
+        ({"name": "pfedme", "lam": 15, "personal_lr": 0.2}, 32,
+         "'personal_lr' x 'lam' = 0.2 x 15.0 = 3: the inner steps on theta then overshoot"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(tmp_path, plugin, batch_size, expected):
@@ -120,7 +170,8 @@ def test_bad_input_exits_2_naming_the_field(tmp_path, plugin, batch_size, expect
 
 @pytest.mark.parametrize(
     ("plugin", "reason"),
-    [({"name": "perfedavg"}, "it computes each step's gradient at a second point")],
+    [({"name": "perfedavg"}, "it computes each step's gradient at a second point"),
+     ({"name": "pfedme"}, "it trains a second, personal model inside each step")],
 )
 def test_strict_vectorized_refuses_saying_why(tmp_path, plugin, reason):
     config = tiny_config(agent_plugins=[plugin], backend={"name": "vectorized", "strict": True})
