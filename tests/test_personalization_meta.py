@@ -160,10 +160,12 @@ def test_pfedme_follows_its_update_rule_and_scores_each_agents_personal_model(tm
         ({"name": "pfedme", "inner_steps": 0}, 32, "'federation.agent_plugins[0].inner_steps' = 0"),
         ({"name": "pfedme", "lam": 15, "personal_lr": 0.2}, 32,
          "'personal_lr' x 'lam' = 0.2 x 15.0 = 3: the inner steps on theta then overshoot"),
+        ([{"name": "dp_sgd", "noise_multiplier": 1.0, "clip_norm": 1.0}, {"name": "pfedme"}], 32,
+         "dp_sgd, pfedme each implement compute_gradients; at most one of them may be listed"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(tmp_path, plugin, batch_size, expected):
-    config = tiny_config(agent_plugins=[plugin])
+    config = tiny_config(agent_plugins=plugin if isinstance(plugin, list) else [plugin])
     config["training"]["batch_size"] = batch_size
     assert expected in validate_exit(tmp_path, config)
 
