@@ -29,3 +29,7 @@ def register_agent_plugins(register):
              "Ditto (Li et al. 2021): a personal model per agent pulled toward the global one by lambda.")
     register("fedbn", f"{_MODULE}.fedbn:FedBN",
              "FedBN (Li et al. 2021): BatchNorm weights and statistics stay with each agent.")
+    register("perfedavg", f"{_MODULE}.perfedavg:PerFedAvg",
+             "Per-FedAvg (Fallah et al. 2020): a MAML starting point, adapted per agent by one step before scoring.")
+    register("pfedme", f"{_MODULE}.pfedme:PFedMe",
+             "pFedMe (Dinh et al. 2020): a personal model per agent, the proximal point of its loss around w.")
