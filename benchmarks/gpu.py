@@ -1,6 +1,6 @@
 """The vectorized backend against the sequential one on one device, in one process.
 
-    python benchmarks/gpu.py --bf16 --json gpu.json      # on a GPU machine: E1, E2, E2-500
+    python benchmarks/gpu.py --bf16 --json gpu.json      # on a GPU machine: E1, E2, E2-500, E1-DPSGD
     python benchmarks/gpu.py E1 --rounds 3               # a subset, fewer rounds
     python benchmarks/gpu.py --tiny --device cpu         # seconds on a CPU (the smoke test's setting)
 
@@ -68,18 +68,25 @@ class TeacherPlugin:
         register("teacher_images", teacher_images, "Random images labelled by a linear teacher (benchmarks).")
 
 
+#: sample-level DP-SGD in every agent (per-sample gradients: the vectorized backend's nested vmap)
+DP_SGD = ({"name": "dp_sgd", "noise_multiplier": 1.0, "clip_norm": 1.0, "delta": 1e-6},)
+
+
 def workloads(tiny: bool) -> dict[str, Workload]:
-    """E1, E2 and E2 with 500 agents per round; ``tiny``: the same shapes of work, a few seconds on a CPU."""
+    """E1, E2, E2 with 500 agents per round, and E1 with DP-SGD; ``tiny``: the same shapes of work, a
+    few seconds on a CPU."""
     e2_500 = replace(E2, name="E2-500", sampled=500)
     if not tiny:
-        return {"E1": E1, "E2": E2, "E2-500": e2_500}
+        return {"E1": E1, "E2": E2, "E2-500": e2_500, "E1-DPSGD": replace(E1, name="E1-DPSGD", agent_plugins=DP_SGD)}
     small_cnn = {"name": "cnn", "channels": [4, 8], "kernel_size": 5, "hidden": 16}
     small_e2 = dict(train_samples=200, test_samples=100, agents=24, shard=8, batch_size=4, rounds=2, eval_every=1,
                     model=small_cnn)
+    small_e1 = replace(E1, train_samples=256, test_samples=100, agents=8, shard=32, sampled=3, batch_size=16, rounds=2)
     return {
-        "E1": replace(E1, train_samples=256, test_samples=100, agents=8, shard=32, sampled=3, batch_size=16, rounds=2),
+        "E1": small_e1,
         "E2": replace(E2, sampled=4, **small_e2),
         "E2-500": replace(E2, name="E2-500", sampled=12, **small_e2),
+        "E1-DPSGD": replace(small_e1, name="E1-DPSGD", agent_plugins=DP_SGD),
     }
 
 
@@ -138,7 +145,7 @@ def measure(selected: list[str], device: str, tiny: bool, rounds: int | None, bf
                    "max_weight_difference": max_difference(sequential["state"], vectorized["state"])}
             report["rows"].append(row)
             print_row(row, first=len(report["rows"]) == 1)
-            if bf16:
+            if bf16 and not w.agent_plugins:  # DP-SGD's per-sample clipping runs in 32-bit precision only
                 half = run_once(w, VECTORIZED, device, "bf16-mixed", registry, out_dir)
                 check = {"workload": w.name, "bf16_s": half["seconds_per_round"],
                          "speedup_over_fp32": vectorized["seconds_per_round"] / half["seconds_per_round"],
@@ -172,7 +179,7 @@ def print_bf16(checks: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("workloads", nargs="*", help="E1, E2, E2-500 (default: all three)")
+    parser.add_argument("workloads", nargs="*", help="E1, E2, E2-500, E1-DPSGD (default: all four)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default: the workload's)")
     parser.add_argument("--bf16", action="store_true", help="also run vectorized under bf16-mixed and check accuracy")

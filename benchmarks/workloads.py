@@ -35,6 +35,7 @@ class Workload:
     rounds: int
     eval_every: int
     model: dict[str, Any] = field(default_factory=dict)
+    agent_plugins: tuple[dict[str, Any], ...] = ()  # federation.agent_plugins (DP-SGD, say)
 
 
 E1 = Workload("E1", (1, 28, 28), 60_000, 10_000, 100, 600, 10, 32, 0.01, 5, 1, {"name": "lenet5"})
@@ -123,7 +124,7 @@ def flcore_config(w: Workload, backend: str = "sequential") -> dict[str, Any]:
         "model": w.model,
         "federation": {"agents": w.agents, "rounds": w.rounds, "partitioner": {"name": "cyclic", "shard": w.shard},
                        "sampler": {"name": "uniform", "count": w.sampled}, "aggregator": "fedavg",
-                       "backend": backend},
+                       "agent_plugins": [dict(p) for p in w.agent_plugins], "backend": backend},
         "training": {"epochs": 1, "batch_size": w.batch_size, "optimizer": {"name": "sgd", "lr": w.lr}},
         "evaluation": {"every": w.eval_every, "batch_size": 1000},
         "logging": {"loggers": [], "profiler": None, "progress": "off", "agent_metrics": False},

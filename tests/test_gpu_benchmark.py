@@ -21,7 +21,7 @@ def test_gpu_benchmark_tiny_setting_on_cpu_reports_times_memory_agreement_and_bf
     printed = capsys.readouterr().out
     assert report["device"] == "cpu" and report["device_name"] in printed
     rows = report["rows"]
-    assert [r["workload"] for r in rows] == ["E1", "E2", "E2-500"]
+    assert [r["workload"] for r in rows] == ["E1", "E2", "E2-500", "E1-DPSGD"]
     assert rows[2]["agents_per_round"] > rows[1]["agents_per_round"]
     for row in rows:
         assert row["sequential_s"] > 0 and row["vectorized_s"] > 0
