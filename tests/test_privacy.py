@@ -121,6 +121,11 @@ def test_adaptive_clipping_follows_andrew_et_al_against_numpy():
 def test_adaptive_clipping_needs_count_noise_above_half_the_noise_multiplier():
     with pytest.raises(ValueError, match=r"count_noise = 0.4 leaves no budget .* exceed noise_multiplier / 2 = 0.5"):
         dp_plugin(noise_multiplier=1.0, delta=1e-3, target_quantile=0.5, count_noise=0.4)
+    # unset, count_noise defaults to the cohort / 20 = 0.25 here: the refusal says so and what to change
+    with pytest.raises(ValueError, match=r"count_noise = 0.25 leaves no budget .* count_noise was not set, and its "
+                       r"default, the expected agents per round / 20 = 5 / 20, is too small here: set count_noise "
+                       r"above 0.5 or select more than 10 agents per round"):
+        dp_plugin(noise_multiplier=1.0, delta=1e-3, target_quantile=0.5)
 
 
 # ------------------------------------------------------------------------------ accounting

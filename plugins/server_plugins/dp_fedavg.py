@@ -176,7 +176,16 @@ class DPFedAvg(ServerPlugin):
                 "dp_fedavg: noise multiplier %.6g calibrated to reach epsilon %g at delta %g after %d rounds",
                 self.noise_multiplier, p.target_epsilon, p.delta, plan.rounds,
             )
-        self._use_noise(self.noise_multiplier)
+        try:
+            self._use_noise(self.noise_multiplier)
+        except ValueError as error:
+            if p.count_noise is not None:
+                raise
+            raise ValueError(
+                f"{error}; count_noise was not set, and its default, the expected agents per round / 20 = "
+                f"{self._expected:g} / 20, is too small here: set count_noise above {self.noise_multiplier / 2:g} "
+                f"or select more than {10 * self.noise_multiplier:g} agents per round"
+            ) from None
 
     def _use_noise(self, noise_multiplier: float) -> None:
         """Noise and account with ``z``; with adaptive clipping the sum gets ``z_Delta``."""
