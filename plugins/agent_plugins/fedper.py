@@ -25,7 +25,8 @@ from flcore.protocol import AgentContext, AgentResult, RunPlan
 
 class FedPerParams(ComponentParams):
     head: list[str] = Field(min_length=1, description="The modules that stay personal (names from "
-                            "model.named_modules(), such as 'net.3' for the MLP's last layer).")
+                            "model.named_modules(), such as 'net.3', the last layer of mlp with hidden: [64]; "
+                            "a wrong name lists them all).")
 
 
 class FedRepParams(FedPerParams):
