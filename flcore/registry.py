@@ -272,13 +272,16 @@ def discover(
 
 def describe_params(model: type) -> list[dict[str, Any]]:
     """Each parameter of a pydantic model: name, type, default and description."""
-    from pydantic_core import PydanticUndefined
+    from pydantic import BaseModel
 
     rows = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
         type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        default = None if info.default is PydanticUndefined else info.default
+        # a default_factory (a list, say) is the default too: call it, as validation would
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump()
         rows.append(
             {
                 "name": name,

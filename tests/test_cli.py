@@ -75,6 +75,10 @@ def test_describe_shows_parameters_and_defaults():
     assert "beta1" in result.output and "default 0.9" in result.output
     data = json.loads(invoke("describe", "partitioner", "niid", "--json").output)
     assert data["params"][0]["name"] == "niid_factor" and "shards" in data["doc"].lower()
+    from flcore_plugins.models.small import MLPParams
+
+    described = {row["name"]: row for row in json.loads(invoke("describe", "model", "mlp", "--json").output)["params"]}
+    assert described["hidden"]["default"] == MLPParams().hidden  # a default_factory's value, not None
 
 
 def test_schema_is_json_schema_of_the_config():
