@@ -473,3 +473,12 @@ def test_distributed_over_two_gloo_processes_equals_one_process(tmp_path):
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
         assert rows_a == rows_b and rows_a[-1]["agent_acc_mean"] > 0
+
+
+def test_a_holdout_that_is_never_scored_is_warned_about(tmp_path):
+    """Agents lose a share of their training data to a split nobody evaluates: say so."""
+    config = tiny_config(rounds=1)
+    config["evaluation"] = {"holdout": 0.2}
+    with pytest.warns(UserWarning, match="evaluation.per_agent_every is not set"):
+        result = Experiment(validate_config(config)).run(out_dir=tmp_path, progress=False)
+    assert "agent_acc_mean" not in result.history[-1]

@@ -410,6 +410,9 @@ class FederatedRun:
         self.partition, holdout = split_holdout(self.partition, np.asarray(self.data.train_labels), evaluation.holdout,
                                                 seeding.numpy_rng(config.seed, seeding.PARTITION, 1))
         if evaluation.per_agent_every is None:
+            warnings.warn(f"evaluation.holdout = {evaluation.holdout} sets aside that share of every agent's shard, "
+                          "but evaluation.per_agent_every is not set, so no agent is ever scored on it; set "
+                          "evaluation.per_agent_every (say 10) or holdout back to 0", stacklevel=2)
             return holdout, None
         if not (holdout.sizes > 0).any():
             raise ConfigError(f"evaluation.holdout = {evaluation.holdout}: no agent holds out a sample (each class "
