@@ -296,12 +296,14 @@ def test_fedbn_keeps_batchnorm_weights_and_statistics_with_each_agent(tmp_path):
         ([{"name": "fedrep", "head": ["net.3"]}], {"name": "mlp", "hidden": [8]}),
         ([{"name": "ditto", "lam": 0.2}], "logistic"),
         (["fedbn"], "bn_mlp"),
+        ([{"name": "perfedavg", "alpha": 0.05, "variant": "hf", "adapt_steps": 2}], {"name": "mlp", "hidden": [8]}),
+        ([{"name": "pfedme", "lam": 2.0, "inner_steps": 2, "personal_lr": 0.05}], {"name": "mlp", "hidden": [8]}),
     ],
-    ids=["fedper+finetune", "fedrep", "ditto", "fedbn"],
+    ids=["fedper+finetune", "fedrep", "ditto", "fedbn", "perfedavg", "pfedme"],
 )
 def test_run_3_then_resume_2_equals_run_5(tmp_path, plugins, model):
-    """Agents that sat out rounds keep their personal state through a stop after round 3; the
-    per-agent metrics (which read it) agree bit for bit."""
+    """Agents that sat out rounds keep their personal state (pFedMe's personal models, ...) through
+    a stop after round 3; the per-agent metrics (which read it) agree bit for bit."""
     config = config_for(plugins, model=model, agents=5, rounds=5, epochs=1)
     config["federation"]["sampler"] = {"name": "uniform", "count": 2}
     config["training"]["batch_size"] = 32

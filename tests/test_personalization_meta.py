@@ -88,26 +88,6 @@ def test_perfedavg_follows_its_update_rule_and_adapts_one_step_before_scoring(tm
     assert_model(result, model)
 
 
-@pytest.mark.parametrize(
-    "plugin",
-    [{"name": "perfedavg", "alpha": 0.05, "variant": "hf", "adapt_steps": 2},
-     {"name": "pfedme", "lam": 2.0, "inner_steps": 2, "personal_lr": 0.05}],
-    ids=["perfedavg", "pfedme"],
-)
-def test_run_3_then_resume_2_equals_run_5(tmp_path, plugin):
-    """pFedMe's personal models of agents that sat out rounds survive the stop after round 3."""
-    config = config_for([plugin], model={"name": "mlp", "hidden": [8]}, agents=5, rounds=5, epochs=1)
-    config["federation"]["sampler"] = {"name": "uniform", "count": 2}
-    config["training"]["batch_size"] = 32
-    straight = experiment_of(config).run(out_dir=tmp_path / "a", progress=False)
-    stopped = experiment_of(config).run(out_dir=tmp_path / "b", progress=False, stop_after_rounds=3)
-    resumed = experiment_of(config).run(resume_dir=stopped.run_dir, progress=False)
-    for name, value in straight.state_dict.items():
-        assert torch.equal(resumed.state_dict[name], value), name
-    columns = ["test_acc", "agent_acc_mean", "agent_acc_p10", "agent_acc_std"]
-    assert [[r[c] for c in columns] for r in resumed.history] == [[r[c] for c in columns] for r in straight.history]
-
-
 def test_pfedme_follows_its_update_rule_and_scores_each_agents_personal_model(tmp_path):
     """Two rounds, every agent, two full-batch local steps: K proximal steps on theta (from the
     global model, carried over), then w <- w - eta lam (w - theta); the server mixes with beta
